@@ -1,0 +1,1 @@
+"""Stage 3: multimodal emotion reaction intensity (Hume-Reaction) on the frozen face encoder."""

@@ -1,0 +1,1 @@
+"""Stage 2: AffectNet expression fine-tuning of the MAE encoder."""

@@ -1,0 +1,1 @@
+"""Library code shared by the stages: face shards, the multi-source stream, training utilities."""

@@ -1,0 +1,1 @@
+"""Face shards: raw datasets -> webdataset tar shards + manifest (see `manifest` for the format)."""

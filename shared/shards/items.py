@@ -1,0 +1,62 @@
+"""What a dataset reader hands the shard writer: items to crop, and inputs it rejected."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def sample_key(source: str, relpath: str) -> str:
+    """A readable, dot-free sample key: webdataset splits a key at its first dot."""
+    stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
+    return f"{source}-{_UNSAFE.sub('_', stem).strip('_')}"
+
+
+@dataclass
+class Item:
+    """One face to write. `path` is how the dataset names it (list-file path, `train.rec#17`)."""
+
+    key: str
+    split: str
+    path: str
+    file: str  # the file holding the image bytes
+    offset: int | None = None  # byte offset of a RecordIO record inside `file`
+    box: tuple[float, float, float, float] | None = None  # x, y, w, h in image pixels
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reject:
+    path: str
+    split: str
+    reason: str  # no-face, bad-row, missing-image, unreadable-image, filtered
+    detail: str = ""
+
+
+@dataclass
+class Scan:
+    """A dataset's items, the rows it rejected while parsing, and its provenance."""
+
+    source: str
+    root: Path
+    items: list[Item]
+    rejects: list[Reject]
+    list_files: list[Path]  # hashed into the manifest
+    holdout_splits: set[str] = field(default_factory=set)  # never selectable for pretraining
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise UserError(f"{path}: missing; expected {what}")
+    return path
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{path}: not a folder; expected {what}")
+    return path

@@ -1,0 +1,101 @@
+"""AffectNet: `Manually_Annotated_Images/<int>/<name>.jpg` and two list files.
+
+`Manually_Annotated_file_lists/training.csv` has a header row; `validation.csv` often does not.
+Columns: subDirectory_filePath, face_x, face_y, face_width, face_height, facial_landmarks
+(136 floats joined by ';'), expression, valence, arousal. Face boxes may be NaN (then the whole
+image is used), valence/arousal -2 marks an invalid value. Expression 10 (No-Face) is never
+written. The validation split is the field's test set: it is held out of pretraining.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from ..items import Item, Reject, Scan, require_dir, require_file, sample_key
+from ...errors import UserError
+
+SOURCE = "affectnet"
+COLUMNS = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
+           "facial_landmarks", "expression", "valence", "arousal"]
+EXPRESSIONS = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt",
+               "None", "Uncertain", "No-Face"]
+NO_FACE = 10
+INVALID_VA = -2.0
+LISTS = {"train": "training.csv", "val": "validation.csv"}
+
+
+def scan(root: Path) -> Scan:
+    root = Path(root)
+    images = require_dir(root / "Manually_Annotated_Images", "AffectNet's image folder Manually_Annotated_Images/<int>/<name>.jpg")
+    lists = root / "Manually_Annotated_file_lists"
+    items, rejects, list_files = [], [], []
+    for split, name in LISTS.items():
+        path = require_file(lists / name, f"AffectNet's list file with columns {','.join(COLUMNS)}")
+        list_files.append(path)
+        for row_items, row_reject in _parse_list(path, split, images):
+            if row_items is not None:
+                items.append(row_items)
+            else:
+                rejects.append(row_reject)
+    return Scan(SOURCE, root, items, rejects, list_files, holdout_splits={"val"})
+
+
+def _parse_list(path: Path, split: str, images: Path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if rows and rows[0] and rows[0][0].strip() == COLUMNS[0]:
+        header = [c.strip() for c in rows[0]]
+        if header[: len(COLUMNS)] != COLUMNS:
+            raise UserError(f"{path}: header {','.join(header)!r} does not match AffectNet's columns {','.join(COLUMNS)}")
+        rows = rows[1:]
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    parsed = [_parse_row(r, split, images) for r in rows]
+    if rows and all(item is None for item, _ in parsed):
+        raise UserError(f"{path}: no row has AffectNet's {len(COLUMNS)} columns ({','.join(COLUMNS)}); is this an AffectNet list file?")
+    return parsed
+
+
+def _parse_row(row: list[str], split: str, images: Path):
+    relpath = row[0].strip() if row else ""
+    if len(row) != len(COLUMNS):
+        return None, Reject(relpath, split, "bad-row", f"{len(row)} columns, expected {len(COLUMNS)}")
+    try:
+        expression = int(float(row[6]))
+        valence, arousal = float(row[7]), float(row[8])
+    except ValueError:
+        return None, Reject(relpath, split, "bad-row", f"expression/valence/arousal not numeric: {row[6:9]}")
+    if not relpath or not 0 <= expression <= NO_FACE:
+        return None, Reject(relpath, split, "bad-row", f"path {relpath!r}, expression {expression}")
+    if expression == NO_FACE:
+        return None, Reject(relpath, split, "no-face", "expression 10 (No-Face)")
+    meta = {
+        "expression": expression,
+        "expression_name": EXPRESSIONS[expression],
+        "valence": None if valence == INVALID_VA else valence,
+        "arousal": None if arousal == INVALID_VA else arousal,
+        "landmarks": _landmarks(row[5]),
+    }
+    item = Item(sample_key(SOURCE, relpath), split, relpath, str(images / relpath),
+                box=_box(row[1:5]), meta=meta)
+    return item, None
+
+
+def _box(fields: list[str]):
+    try:
+        x, y, w, h = (float(v) for v in fields)
+    except ValueError:  # empty fields
+        return None
+    if any(math.isnan(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        return None
+    return x, y, w, h
+
+
+def _landmarks(field: str):
+    try:
+        values = [float(v) for v in field.split(";")]
+    except ValueError:
+        return None
+    if len(values) != 136:
+        return None
+    return [values[i:i + 2] for i in range(0, 136, 2)]

@@ -1,0 +1,186 @@
+"""The face stream: uint8 batches from weighted shard sources, split over ranks and workers.
+
+Each rank builds its own `FaceStream(sources, config, rank, world_size)` and iterates it; the
+stream makes its own DataLoader (Accelerate's `prepare` is not for iterable pipelines). Every
+worker of every rank yields the same number of full batches, so no rank waits at the end of an
+epoch. `state_dict()` is the stream's position (epoch, batches consumed, each worker's raw
+cursor, error counts); after `load_state_dict` the stream continues with exactly the batches
+an uninterrupted run would have produced.
+
+Batches are dicts: image uint8 (B, 3, H, W) (channels-last in memory: zero-copy from the
+decoder), valid bool (B,) (False for padding in exact mode), label int64 (B,) (-1 when the
+shard has no class), key list[str], meta list[dict].
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from . import order
+from .decode import Augment, decode_sample
+from .reading import ErrorLog, derive_seed
+from .sources import Source
+from ..errors import UserError
+from ..shards.leakage import read_exclusions
+
+log = logging.getLogger(__name__)
+MODES = ("resampled", "exact")
+
+
+@dataclass
+class StreamConfig:
+    mode: str = "resampled"  # resampled (pretraining) | exact (fine-tuning, evaluation)
+    batch_size: int = 64  # per rank
+    batches_per_epoch: int | None = None  # resampled: per rank, equal on every rank
+    shuffle: bool = True  # exact: shuffle each epoch (training) or keep order (evaluation)
+    shuffle_buffer: int = 2000
+    block_size: int = 20000  # resampled: samples per re-seeded block; bounds the cost of a resume
+    seed: int = 0
+    num_workers: int = 4
+    pin_memory: bool = False
+    prefetch_factor: int = 4
+    augment: Augment = field(default_factory=Augment)
+    exclude: list[str] = field(default_factory=list)  # exclusion lists from `face-shards leakage`
+
+    def __post_init__(self):
+        if isinstance(self.augment, dict):
+            self.augment = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()})
+        if self.mode not in MODES:
+            raise UserError(f"stream mode {self.mode!r}; expected one of {MODES}")
+        if self.mode == "resampled" and not self.batches_per_epoch:
+            raise UserError("resampled mode needs batches_per_epoch (per rank): training length is counted in steps")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise UserError(f"batch_size must be >= 1 and num_workers >= 0 (got {self.batch_size}, {self.num_workers})")
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    batch: int = 0  # batches of this epoch already delivered on this rank
+    cursors: list[int] = field(default_factory=list)  # raw samples each worker consumed this epoch
+
+
+class _Workers(IterableDataset):
+    """One epoch of one rank, from a given position; runs inside the DataLoader workers."""
+
+    def __init__(self, stream: "FaceStream", position: Position):
+        self.sources, self.cfg = stream.sources, stream.config
+        self.rank, self.world_size, self.num_slots = stream.rank, stream.world_size, stream.workers_per_rank
+        self.batches = stream.batches_per_epoch
+        self.exclude = stream.exclude
+        self.position = position
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        cfg, pos = self.cfg, self.position
+        # The DataLoader asks its workers in turn starting from worker 0, and batch k belongs to
+        # slot k % W; rotating the roles makes worker 0 own the first batch after a resume.
+        worker = ((info.id if info is not None else 0) + pos.batch) % self.num_slots
+        errors = ErrorLog()
+        cursor = pos.cursors[worker]
+        common = dict(seed=cfg.seed, rank=self.rank, worker=worker, epoch=pos.epoch, start=cursor,
+                      shuffle_buffer=cfg.shuffle_buffer, exclude=self.exclude, errors=errors)
+        if cfg.mode == "resampled":
+            raw = order.resampled_samples(self.sources, block_size=cfg.block_size, **common)
+        else:
+            raw = order.exact_samples(self.sources, world_size=self.world_size, num_workers=self.num_slots,
+                                      shuffle=cfg.shuffle, **common)
+        first = pos.batch + (worker - pos.batch) % self.num_slots  # this slot's next batch index
+        for _ in range(first, self.batches, self.num_slots):
+            images, valid, labels, keys, metas = [], [], [], [], []
+            while len(images) < cfg.batch_size:
+                sample = next(raw, None)
+                if sample is None:  # exact mode: the slot's share is used up; pad
+                    sample = {"__key__": "", "__placeholder__": "padding"}
+                else:
+                    cursor += 1
+                rng = random.Random(derive_seed(cfg.seed, "augment", self.rank, worker, pos.epoch, cursor))
+                try:
+                    image, meta, label = decode_sample(sample, cfg.augment, rng)
+                except Exception as exn:  # noqa: BLE001 - a corrupt sample is counted and skipped
+                    errors.add(f"{sample.get('__url__', '?')} {sample.get('__key__')}: {type(exn).__name__}: {exn}")
+                    if cfg.mode == "resampled":
+                        continue
+                    image, meta, label = None, {}, -1
+                if cfg.mode == "resampled" and meta.get("holdout"):
+                    raise RuntimeError(f"{sample.get('__url__')}: sample {sample['__key__']} is held-out evaluation data "
+                                       "and can never be used for pretraining")
+                images.append(image)
+                valid.append(image is not None)
+                labels.append(label)
+                keys.append(sample["__key__"])
+                metas.append(meta)
+            yield {"image": _stack(images, cfg.augment.size), "valid": torch.tensor(valid),
+                   "label": torch.tensor(labels, dtype=torch.int64), "key": keys, "meta": metas,
+                   "_worker": worker, "_cursor": cursor, "_errors": errors.count,
+                   "_messages": errors.take_unreported()}
+
+
+def _stack(images: list[np.ndarray | None], size: int) -> torch.Tensor:
+    shape = next((im.shape for im in images if im is not None), (size, size, 3))
+    blank = np.zeros(shape, np.uint8)
+    batch = np.stack([im if im is not None else blank for im in images])
+    return torch.from_numpy(batch).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last memory
+
+
+class FaceStream:
+    def __init__(self, sources: list[Source], config: StreamConfig, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} outside world size {world_size}")
+        self.sources, self.config = sources, config
+        self.rank, self.world_size = rank, world_size
+        self.workers_per_rank = max(1, config.num_workers)
+        self.exclude = frozenset(k for path in config.exclude for k in read_exclusions(path))
+        if config.mode == "exact":
+            self.total, per_worker = order.exact_plan(sources, world_size, self.workers_per_rank, config.batch_size)
+            self.batches_per_epoch = per_worker * self.workers_per_rank
+        else:
+            self.total, self.batches_per_epoch = None, int(config.batches_per_epoch)
+        self.position = Position(cursors=[0] * self.workers_per_rank)
+        self.errors = 0
+        self.error_messages: list[str] = []
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        """Batches of the current epoch from the current position; then moves to the next epoch."""
+        pos = dataclasses.replace(self.position, cursors=list(self.position.cursors))
+        seen_errors = [0] * self.workers_per_rank
+        loader = DataLoader(_Workers(self, pos), batch_size=None, num_workers=self.config.num_workers,
+                            pin_memory=self.config.pin_memory,
+                            prefetch_factor=self.config.prefetch_factor if self.config.num_workers else None)
+        for batch in loader:
+            worker = batch.pop("_worker")
+            self.position.cursors[worker] = batch.pop("_cursor")
+            count = batch.pop("_errors")
+            self.errors += count - seen_errors[worker]
+            seen_errors[worker] = count
+            for message in batch.pop("_messages"):
+                log.warning("face stream (rank %d): skipped %s", self.rank, message)
+                if len(self.error_messages) < 20:
+                    self.error_messages.append(message)
+            self.position.batch += 1
+            yield batch
+        self.position = Position(self.position.epoch + 1, 0, [0] * self.workers_per_rank)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.position.epoch, "batch": self.position.batch, "cursors": list(self.position.cursors),
+                "errors": self.errors, "mode": self.config.mode, "world_size": self.world_size,
+                "workers": self.workers_per_rank, "seed": self.config.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = (state["mode"], state["world_size"], state["workers"], state["seed"])
+        now = (self.config.mode, self.world_size, self.workers_per_rank, self.config.seed)
+        if saved != now:
+            raise UserError(f"the saved stream position is for (mode, world size, workers per rank, seed) = {saved}, "
+                            f"this run has {now}; resume with the same settings")
+        self.position = Position(state["epoch"], state["batch"], list(state["cursors"]))
+        self.errors = state["errors"]

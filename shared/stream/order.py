@@ -1,0 +1,120 @@
+"""Which raw samples each (rank, worker) reads, in which order, in each epoch.
+
+Everything here is a pure function of (seed, rank, worker, epoch, position), which is what
+makes a stream resumable: a worker restarted at raw position `start` produces exactly the
+samples it would have produced after its first `start` ones.
+
+- resampled: shards are drawn at random by source weight, read through a shuffle buffer, in
+  blocks of `block_size` samples. Each block restarts from its own seed, so resuming costs at
+  most one block of tar reading (no decoding).
+- exact: the shards of the split (in an order shuffled per epoch when training) are cut into
+  one contiguous, nearly equal range of samples per (rank, worker) slot, so every sample is
+  read exactly once across all ranks; short or broken shards are filled with placeholders so
+  every slot keeps its planned size.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from typing import Iterator
+
+from .reading import ErrorLog, derive_seed, placeholder, read_shard, shuffled
+from .sources import Source
+from ..errors import RunError, UserError
+
+
+def resampled_samples(sources: list[Source], *, seed: int, rank: int, worker: int, epoch: int,
+                      start: int, block_size: int, shuffle_buffer: int, exclude: frozenset[str],
+                      errors: ErrorLog) -> Iterator[dict]:
+    draw = _shard_drawer(sources)
+    block, skip = divmod(start, block_size)
+    for b in itertools.count(block):
+        rng = random.Random(derive_seed(seed, "resampled", rank, worker, epoch, b))
+        raw = _drawn_shards(draw, rng, errors)
+        if exclude:
+            raw = (s for s in raw if s["__key__"] not in exclude)
+        yield from itertools.islice(shuffled(raw, shuffle_buffer, rng), skip, block_size)
+        skip = 0
+
+
+def _shard_drawer(sources: list[Source]):
+    """rng -> url. A source is drawn with probability weight / mean shard size (when sizes
+    are known) so that weights are sample fractions; a shard within it by its size."""
+    live = [s for s in sources if s.weight > 0 and s.urls]
+    if not live:
+        raise UserError("no source has shards and a positive weight")
+    src_weights, shard_cum = [], []
+    for s in live:
+        counts = s.counts if s.counts is not None else [1] * len(s.urls)
+        mean = max(sum(counts) / len(counts), 1e-9) if s.counts is not None else 1.0
+        src_weights.append(s.weight / mean)
+        shard_cum.append(list(itertools.accumulate(max(c, 0) for c in counts)))
+    src_cum = list(itertools.accumulate(src_weights))
+
+    def draw(rng: random.Random) -> str:
+        i = bisect.bisect_right(src_cum, rng.random() * src_cum[-1])
+        i = min(i, len(live) - 1)
+        cum = shard_cum[i]
+        j = min(bisect.bisect_right(cum, rng.random() * cum[-1]), len(cum) - 1) if cum[-1] > 0 else rng.randrange(len(cum))
+        return live[i].urls[j]
+    return draw
+
+
+def _drawn_shards(draw, rng: random.Random, errors: ErrorLog, max_empty: int = 50) -> Iterator[dict]:
+    empty_in_a_row = 0
+    while True:
+        url = draw(rng)
+        n = 0
+        for sample in read_shard(url, errors):
+            n += 1
+            yield sample
+        empty_in_a_row = 0 if n else empty_in_a_row + 1
+        if empty_in_a_row >= max_empty:
+            raise RunError(f"{max_empty} shards in a row gave no sample (last: {url}); first errors: {errors.messages}")
+
+
+def exact_plan(sources: list[Source], world_size: int, num_workers: int, batch_size: int) -> tuple[int, int]:
+    """(total samples, batches per worker): equal for every worker of every rank."""
+    missing = [s.name for s in sources if s.counts is None]
+    if missing:
+        raise UserError(f"exact mode needs per-shard sample counts; source(s) {missing} are URL patterns "
+                        "without a manifest: point them at the shard folder written by face-shards")
+    total = sum(s.samples for s in sources)
+    slots = world_size * num_workers
+    per_slot = -(-total // slots)
+    return total, -(-per_slot // batch_size)
+
+
+def exact_samples(sources: list[Source], *, seed: int, rank: int, worker: int, epoch: int, start: int,
+                  world_size: int, num_workers: int, shuffle: bool, shuffle_buffer: int,
+                  exclude: frozenset[str], errors: ErrorLog) -> Iterator[dict]:
+    """This slot's contiguous share of the split (placeholders where samples are missing)."""
+    shards = [(u, c) for s in sources for u, c in zip(s.urls, s.counts)]
+    if shuffle:
+        random.Random(derive_seed(seed, "exact-order", epoch)).shuffle(shards)
+    total, slots = sum(c for _, c in shards), world_size * num_workers
+    slot = rank * num_workers + worker
+    lo, hi = slot * total // slots, (slot + 1) * total // slots
+    raw = _read_range(shards, lo, hi, errors)
+    if exclude:
+        raw = (placeholder("excluded") if s["__key__"] in exclude else s for s in raw)
+    if shuffle:
+        raw = shuffled(raw, shuffle_buffer, random.Random(derive_seed(seed, "exact", rank, worker, epoch)))
+    return itertools.islice(raw, start, None)
+
+
+def _read_range(shards: list[tuple[str, int]], lo: int, hi: int, errors: ErrorLog) -> Iterator[dict]:
+    """Samples lo..hi-1 of the concatenated shards; skipped ones are read but not decoded."""
+    offset = 0
+    for url, count in shards:
+        if offset + count > lo and offset < hi:
+            first, last = max(lo - offset, 0), min(hi - offset, count)
+            got = 0
+            for sample in itertools.islice(read_shard(url, errors), first, last):
+                got += 1
+                yield sample
+            for _ in range(last - first - got):
+                errors.add(f"{url}: fewer samples than its manifest lists")
+                yield placeholder("missing")
+        offset += count

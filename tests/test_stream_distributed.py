@@ -1,0 +1,53 @@
+"""Two real processes (torchrun, gloo): exact pass without duplicates, equal batch counts, mixture."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shard_utils import read_samples
+
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "ranks.json"
+    shard_root = shards["celeba"].parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(HERE / "dist_stream_worker.py"), str(shard_root), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_exact_pass_covers_the_split_once_across_ranks(two_ranks, shards):
+    assert [r["rank"] for r in two_ranks] == [0, 1] and two_ranks[0]["world"] == 2
+    batches = [r["exact"][0] for r in two_ranks]
+    keys = [k for r in two_ranks for k in r["exact"][1]]
+    assert batches[0] == batches[1] > 0
+    assert len(keys) == len(set(keys))
+    assert set(keys) == set(read_samples(shards["celeba"])) | set(read_samples(shards["casia_rec"]))
+
+
+def test_resampled_ranks_get_equal_batches_different_samples_and_the_mixture(two_ranks):
+    assert [r["resampled"][0] for r in two_ranks] == [40, 40]
+    assert two_ranks[0]["resampled"][1] != two_ranks[1]["resampled"][1]
+    counts = Counter(s for r in two_ranks for s in r["resampled"][2])
+    total = sum(counts.values())
+    assert total == 2 * 40 * 25
+    for source, share in (("affectnet", 0.25), ("celeba", 0.5), ("imdb_wiki", 0.25)):
+        assert counts[source] / total == pytest.approx(share, abs=0.06), counts
