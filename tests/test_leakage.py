@@ -30,7 +30,7 @@ def _plant(tmp_path):
     aff = write_affectnet(tmp_path / "raw_a", seed=5)
     casia = write_casia_folders(tmp_path / "raw_c", seed=5)
     val = [(p, f) for p, f in aff.faces.items() if f["split"] == "val" and f["box"] is not None]
-    (path_a, face_a), (path_c, face_c) = val[0], val[1]
+    (path_a, _), (path_c, face_c) = val[0], val[1]
     images = aff.image_dir
 
     # 1) the same photo listed again in training.csv, re-encoded and brightened

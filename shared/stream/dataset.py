@@ -123,6 +123,12 @@ class _Workers(IterableDataset):
                    "_messages": errors.take_unreported()}
 
 
+def _as_is(batch: dict) -> dict:
+    """Batches are made in the workers; the default per-batch conversion would walk every
+    sample's metadata for nothing."""
+    return batch
+
+
 def _stack(images: list[np.ndarray | None], size: int) -> torch.Tensor:
     shape = next((im.shape for im in images if im is not None), (size, size, 3))
     blank = np.zeros(shape, np.uint8)
@@ -154,8 +160,11 @@ class FaceStream:
         """Batches of the current epoch from the current position; then moves to the next epoch."""
         pos = dataclasses.replace(self.position, cursors=list(self.position.cursors))
         seen_errors = [0] * self.workers_per_rank
+        # Our own generator: a DataLoader otherwise draws its worker seeds from the global torch
+        # RNG, which would make a resumed run's later random draws (MAE masks) differ.
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "loader", self.rank, pos.epoch) % 2**63)
         loader = DataLoader(_Workers(self, pos), batch_size=None, num_workers=self.config.num_workers,
-                            pin_memory=self.config.pin_memory,
+                            pin_memory=self.config.pin_memory, generator=generator, collate_fn=_as_is,
                             prefetch_factor=self.config.prefetch_factor if self.config.num_workers else None)
         for batch in loader:
             worker = batch.pop("_worker")

@@ -17,12 +17,15 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from .reading import PLACEHOLDER
 
 KINDS = ("mae", "resize", "eval", "none")
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ class Augment:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"augment kind {self.kind!r}; expected one of {KINDS}")
-        if self.interpolation not in _RESAMPLE:
-            raise ValueError(f"interpolation {self.interpolation!r}; expected one of {tuple(_RESAMPLE)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r}; expected one of {INTERPOLATIONS}")
 
 
 def random_resized_crop(width: int, height: int, scale, ratio, rng: random.Random) -> tuple[int, int, int, int]:
@@ -64,37 +67,38 @@ def random_resized_crop(width: int, height: int, scale, ratio, rng: random.Rando
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def _crop_resize(img: Image.Image, box: tuple[float, float, float, float], aug: Augment) -> Image.Image:
-    """Resize the region `box` (x0, y0, x1, y1) to size x size, decoding a JPEG at a reduced
-    DCT scale first when the region is at least twice the output (faster, same quality)."""
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    size = aug.size
-    if img.format == "JPEG" and min(bw, bh) >= 2 * size:
-        full = img.size
-        img.draft("RGB", (math.ceil(full[0] * size / bw), math.ceil(full[1] * size / bh)))
-        s = img.size[0] / full[0]
-        box = tuple(v * s for v in box)
-    img = img.convert("RGB")
-    return img.resize((size, size), _RESAMPLE[aug.interpolation], box=box)
+def decode_image(data: bytes) -> torch.Tensor:
+    """Encoded bytes -> uint8 (3, H, W). JPEGs through torchvision's libjpeg-turbo decoder (a
+    third faster than PIL's, same pixels), anything else through PIL."""
+    if data[:2] == b"\xff\xd8":
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+
+
+def _crop_resize(image: torch.Tensor, box: tuple[int, int, int, int], aug: Augment) -> torch.Tensor:
+    """Crop (left, top, w, h) and resize to size x size with antialiasing, as torchvision's
+    RandomResizedCrop does, but on uint8 channels-last data (several times faster than PIL)."""
+    left, top, w, h = box
+    crop = image[None, :, top:top + h, left:left + w].contiguous(memory_format=torch.channels_last)
+    return F.interpolate(crop, size=(aug.size, aug.size), mode=aug.interpolation, antialias=True)[0]
 
 
 def augment_image(data: bytes, aug: Augment, rng: random.Random) -> np.ndarray:
-    img = Image.open(io.BytesIO(data))
-    width, height = img.size
+    """Returns HxWx3 uint8."""
+    image = decode_image(data)
+    height, width = image.shape[1:]
     if aug.kind == "mae":
-        left, top, w, h = random_resized_crop(width, height, aug.scale, aug.ratio, rng)
-        out = _crop_resize(img, (left, top, left + w, top + h), aug)
+        out = _crop_resize(image, random_resized_crop(width, height, aug.scale, aug.ratio, rng), aug)
     elif aug.kind == "resize":
-        out = _crop_resize(img, (0, 0, width, height), aug)
+        out = _crop_resize(image, (0, 0, width, height), aug)
     elif aug.kind == "eval":
-        side = min(width, height) * aug.crop_pct
-        x0, y0 = (width - side) / 2, (height - side) / 2
-        out = _crop_resize(img, (x0, y0, x0 + side, y0 + side), aug)
+        side = round(min(width, height) * aug.crop_pct)
+        out = _crop_resize(image, ((width - side) // 2, (height - side) // 2, side, side), aug)
     else:
-        out = img.convert("RGB")
+        out = image
     if aug.kind in ("mae", "resize") and rng.random() < aug.hflip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+        out = out.flip(-1)
+    return out.permute(1, 2, 0).numpy()
 
 
 def decode_sample(sample: dict, aug: Augment, rng: random.Random) -> tuple[np.ndarray | None, dict, int]:
