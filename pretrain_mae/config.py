@@ -1,0 +1,55 @@
+"""Stage 1 configuration: the model, the face mixture, the optimizer (MAE recipe) and the run."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.training.config import OptimConfig, RunConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelSection:
+    name: str = "mae_vit_base_patch16"  # a file of pretrain_mae/model_configs/
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {img_size: 112, norm_pix_loss: false}
+    mask_ratio: float = 0.75
+    init: str | None = None  # start from: an official MAE / MAE-Face .pth, a .safetensors, or a timm folder
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DataSection:
+    sources: dict[str, Any] = field(default_factory=dict)  # name -> shard folder | URL pattern | {urls, splits}
+    weights: str | None = None  # "affectnet:1,celeba:1,casia:2,imdb_wiki:1" (fractions of samples)
+    exclude: list[str] = field(default_factory=list)  # exclusion lists from `face-shards leakage`
+    synthetic: bool = False  # smooth synthetic images instead of shards (tests, speed runs)
+    batch_size: int = 64  # per process and micro-batch
+    batches_per_epoch: int = 1000  # per process: the stream's checkpointable unit, not a dataset epoch
+    num_workers: int = 8
+    shuffle_buffer: int = 2000
+    block_size: int = 20000
+    augment: str = "mae"  # mae: RandomResizedCrop + flip; resize: plain resize + flip (face MAE variants)
+    scale: tuple[float, float] = (0.2, 1.0)
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass
+class FigureSection:
+    every: int = 1000  # steps between reconstruction figures (0: never)
+    images: int = 4
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1.5e-4, weight_decay=0.05,
+                                                                   betas=(0.9, 0.95), warmup_steps=2000))
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/pretrain_mae", total_steps=40000))
+    total_samples: int | None = None  # when set, total_steps = ceil(total_samples / samples per step)
+    stop_after: int | None = None  # end this invocation after N steps (state saved); resume continues
+    figures: FigureSection = field(default_factory=FigureSection)

@@ -1,0 +1,25 @@
+"""Stage 1 data: the weighted face mixture in resampled mode (or synthetic images)."""
+from __future__ import annotations
+
+from shared.errors import UserError
+from shared.stream import Augment, FaceStream, StreamConfig, build_sources
+from shared.stream.synthetic import SyntheticStream
+
+from .config import DataSection
+
+
+def build_data(cfg: DataSection, *, image_size: int, seed: int, rank: int, world_size: int, pin_memory: bool):
+    if cfg.synthetic:
+        return SyntheticStream(batch_size=cfg.batch_size, image_size=image_size,
+                               batches_per_epoch=cfg.batches_per_epoch, seed=seed, rank=rank, world_size=world_size)
+    if not cfg.sources:
+        raise UserError("no data: set data.sources (name -> shard folder or URL pattern), or data.synthetic=true")
+    if cfg.augment not in ("mae", "resize"):
+        raise UserError(f"data.augment={cfg.augment!r}; pretraining uses 'mae' or 'resize'")
+    sources = build_sources(cfg.sources, cfg.weights, pretraining=True)
+    augment = Augment(kind=cfg.augment, size=image_size, scale=tuple(cfg.scale), interpolation=cfg.interpolation)
+    stream_cfg = StreamConfig(mode="resampled", batch_size=cfg.batch_size, batches_per_epoch=cfg.batches_per_epoch,
+                              shuffle_buffer=cfg.shuffle_buffer, block_size=cfg.block_size, seed=seed,
+                              num_workers=cfg.num_workers, pin_memory=pin_memory, augment=augment,
+                              exclude=list(cfg.exclude))
+    return FaceStream(sources, stream_cfg, rank=rank, world_size=world_size)

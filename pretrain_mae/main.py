@@ -1,0 +1,139 @@
+"""Stage 1: masked-autoencoder pretraining of the face ViT.
+
+    accelerate launch pretrain_mae/main.py --config pretrain_mae/configs/vit_base_faces.yaml
+    accelerate launch pretrain_mae/main.py --config ... --resume auto        # after a kill
+    python pretrain_mae/main.py --config pretrain_mae/configs/tiny_cpu.yaml run.total_steps=50
+
+Any config key can be overridden as key=value (see pretrain_mae/config.py).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import torch
+import yaml
+
+from pretrain_mae.config import PretrainConfig
+from pretrain_mae.data import build_data
+from pretrain_mae.export import export_mae
+from pretrain_mae.model import build_mae
+from pretrain_mae.visualize import reconstruction_figure
+from shared.checkpoints import load_into, load_state_dict_file
+from shared.config import load_config, to_dict
+from shared.errors import run_cli
+from shared.stream.reading import derive_seed
+from shared.training.checkpoint import Checkpointer
+from shared.training.images import normalize
+from shared.training.loop import Hook, train
+from shared.training.optim import adamw
+from shared.training.schedule import scaled_lr, warmup_cosine
+from shared.training.setup import init_tracking, log_images, make_accelerator
+
+log = logging.getLogger("pretrain_mae")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (defaults: pretrain_mae/config.py)")
+    parser.add_argument("--resume", help="'auto' (newest complete state of the run) or a state folder")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.base_lr=1e-4 data.batch_size=128")
+    return parser.parse_args(argv)
+
+
+def mask_noise(seed: int, micro_step: int, rank: int, world_size: int, batch: int, num_patches: int, device):
+    """The masking noise of this rank's share of the global micro-batch. Drawn for the whole
+    global batch from a generator seeded by the micro-step, so a run is the same on any number of
+    processes (for the same global batch) and after a resume."""
+    g = torch.Generator(device=device).manual_seed(derive_seed(seed, "mask", micro_step) % 2**63)
+    noise = torch.rand(batch * world_size, num_patches, generator=g, device=device)
+    return noise[rank * batch:(rank + 1) * batch]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    if args.resume:
+        cfg.run.resume = args.resume
+    acc = make_accelerator(cfg.run)
+    run_dir = Path(cfg.run.output_dir)
+
+    model = build_mae(cfg.model.name, **cfg.model.overrides)
+    if cfg.model.init:
+        report = load_into(model, load_state_dict_file(cfg.model.init))
+        log.info("initialised from %s: %s", cfg.model.init, report.summary())
+    if cfg.model.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    image_size = model.patch_embed.img_size[0]
+    num_patches = model.patch_embed.num_patches
+
+    data = build_data(cfg.data, image_size=image_size, seed=cfg.run.seed, rank=acc.process_index,
+                      world_size=acc.num_processes, pin_memory=acc.device.type == "cuda")
+    samples_per_step = cfg.data.batch_size * acc.num_processes * cfg.optim.grad_accum
+    total_steps = math.ceil(cfg.total_samples / samples_per_step) if cfg.total_samples else cfg.run.total_steps
+    peak_lr = scaled_lr(cfg.optim.base_lr, samples_per_step, cfg.optim.lr)
+    optimizer = adamw(model, cfg.optim, acc.device)
+    model, optimizer = acc.prepare(model, optimizer)
+    if cfg.run.compile:
+        model = torch.compile(model)
+
+    checkpointer = Checkpointer(acc, run_dir, cfg.run.keep_last)
+    resolved = to_dict(cfg)
+    start_step = 0
+    state = checkpointer.resolve(cfg.run.resume)
+    if state is not None:
+        rank_state = checkpointer.load(state)
+        data.load_state_dict(rank_state["stream"])
+        start_step = rank_state["step"]
+        log.info("resumed from %s at step %d", state, start_step)
+    elif cfg.run.resume == "auto":
+        log.info("no training state in %s yet: starting from step 0", checkpointer.dir)
+    if acc.is_main_process:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    init_tracking(acc, cfg.run, resolved, name=run_dir.name)
+    log.info("%s: %d steps of %d images (peak lr %.2e) on %d process(es)", cfg.model.name, total_steps,
+             samples_per_step, peak_lr, acc.num_processes)
+
+    last_images: list[torch.Tensor] = []
+
+    def loss_fn(model, batch, micro_step):
+        last_images[:] = [batch["image"]]
+        x = normalize(batch["image"], cfg.data.mean, cfg.data.std, acc.device)
+        noise = mask_noise(cfg.run.seed, micro_step, acc.process_index, acc.num_processes, x.shape[0],
+                           num_patches, acc.device)
+        loss, _, _ = model(x, mask_ratio=cfg.model.mask_ratio, noise=noise)
+        return loss, {}
+
+    def figure(step):
+        if not acc.is_main_process or not last_images:
+            return
+        images = last_images[0][: cfg.figures.images]
+        path = run_dir / "figures" / f"reconstruction_{step:08d}.png"
+        rgb = reconstruction_figure(acc.unwrap_model(model), images, mean=cfg.data.mean, std=cfg.data.std,
+                                    mask_ratio=cfg.model.mask_ratio, seed=cfg.run.seed, path=path,
+                                    title=f"{cfg.model.name}, step {step}")
+        log_images(acc, {"reconstruction": rgb}, step)
+
+    hooks = [Hook(cfg.figures.every, figure)] if cfg.figures.every else []
+    step = train(acc, model, optimizer, data, loss_fn, total_steps=total_steps,
+                 lr_at=lambda s: warmup_cosine(s, peak=peak_lr, total_steps=total_steps,
+                                               warmup_steps=cfg.optim.warmup_steps, min_lr=cfg.optim.min_lr),
+                 checkpointer=checkpointer, config=resolved, samples_per_step=samples_per_step,
+                 start_step=start_step, stop_after=cfg.stop_after, grad_accum=cfg.optim.grad_accum,
+                 grad_clip=cfg.optim.grad_clip, log_every=cfg.run.log_every, save_every=cfg.run.save_every,
+                 hooks=hooks, metrics_file=run_dir / "metrics.jsonl")
+    if hasattr(data, "errors") and data.errors:
+        log.warning("skipped %d unreadable samples; first: %s", data.errors, data.error_messages[:3])
+    if step >= total_steps and acc.is_main_process:
+        out = export_mae(acc.unwrap_model(model), run_dir / "export", mean=cfg.data.mean, std=cfg.data.std,
+                         config=resolved)
+        log.info("exported the encoder (timm folder) and the full MAE to %s", out)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

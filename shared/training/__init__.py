@@ -1,0 +1,1 @@
+"""What every stage's training shares: configs, the loop, checkpoints, schedules, logging."""

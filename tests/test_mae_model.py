@@ -1,0 +1,250 @@
+"""The MAE model against the reference algorithm, with transformers' ViTMAE as the numerical oracle."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from timm.optim import param_groups_weight_decay
+
+from pretrain_mae.model import MaskedAutoencoder, build_mae, list_models, sincos_2d
+from shared.errors import UserError
+
+transformers = pytest.importorskip("transformers")
+
+# patch 4 on a 24 px image: 36 patches, 9 kept; widths that are not powers of two; mlp 3
+ODD = dict(img_size=24, patch_size=4, embed_dim=24, depth=1, num_heads=3,
+           decoder_embed_dim=20, decoder_depth=2, decoder_num_heads=2, mlp_ratio=3.0)
+
+
+def to_transformers(mae: MaskedAutoencoder):
+    """A ViTMAEForPreTraining holding exactly `mae`'s weights (all of them: built from scratch,
+    transformers 5.x leaves position tables and tokens at zero)."""
+    c = mae.mae_config
+    cfg = transformers.ViTMAEConfig(
+        image_size=c["img_size"], patch_size=c["patch_size"], num_channels=c["in_chans"],
+        hidden_size=c["embed_dim"], num_hidden_layers=c["depth"], num_attention_heads=c["num_heads"],
+        intermediate_size=int(c["embed_dim"] * c["mlp_ratio"]),
+        decoder_hidden_size=c["decoder_embed_dim"], decoder_num_hidden_layers=c["decoder_depth"],
+        decoder_num_attention_heads=c["decoder_num_heads"],
+        decoder_intermediate_size=int(c["decoder_embed_dim"] * c["mlp_ratio"]),
+        layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True, mask_ratio=0.75,
+        norm_pix_loss=mae.norm_pix_loss, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    hf = transformers.ViTMAEForPreTraining(cfg).eval()
+    hf.load_state_dict(hf_names(mae.state_dict(), hf.state_dict()), strict=True)
+    return hf
+
+
+def hf_names(sd: dict, hf_sd: dict) -> dict:
+    """Our (timm / reference) names -> transformers' names, for its 5.x and 4.x layouts."""
+    v5 = any(".layers.0.attention.q_proj." in k for k in hf_sd)
+    block = ({"q": "attention.q_proj", "k": "attention.k_proj", "v": "attention.v_proj",
+              "attn.proj": "attention.o_proj", "norm1": "layernorm_before", "norm2": "layernorm_after",
+              "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"} if v5 else
+             {"q": "attention.attention.query", "k": "attention.attention.key",
+              "v": "attention.attention.value", "attn.proj": "attention.output.dense",
+              "norm1": "layernorm_before", "norm2": "layernorm_after",
+              "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"})
+    stacks = {"blocks": "vit.layers" if v5 else "vit.encoder.layer",
+              "decoder_blocks": "decoder.decoder_layers"}
+    flat = {"cls_token": "vit.embeddings.cls_token", "pos_embed": "vit.embeddings.position_embeddings",
+            "patch_embed.proj": "vit.embeddings.patch_embeddings.projection", "norm": "vit.layernorm",
+            "mask_token": "decoder.mask_token", "decoder_pos_embed": "decoder.decoder_pos_embed",
+            "decoder_embed": "decoder.decoder_embed", "decoder_norm": "decoder.decoder_norm",
+            "decoder_pred": "decoder.decoder_pred"}
+    out = {}
+    for key, value in sd.items():
+        if key in flat:  # a bare parameter
+            out[flat[key]] = value
+            continue
+        base, kind = key.rsplit(".", 1)  # kind: weight / bias
+        stack, _, rest = base.partition(".")
+        if stack not in stacks:
+            out[f"{flat[base]}.{kind}"] = value
+            continue
+        i, _, name = rest.partition(".")
+        prefix = f"{stacks[stack]}.{i}."
+        if name == "attn.qkv":  # rows are [q; k; v]: timm reshapes to (3, heads, head_dim)
+            for part, chunk in zip("qkv", value.chunk(3)):
+                out[f"{prefix}{block[part]}.{kind}"] = chunk
+        else:
+            out[f"{prefix}{block[name]}.{kind}"] = value
+    return out
+
+
+@pytest.mark.parametrize("overrides", [{}, ODD], ids=["mae_vit_test", "p4_img24"])
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_matches_transformers_vitmae(overrides, norm_pix):
+    torch.manual_seed(0)
+    mae = build_mae("mae_vit_test", norm_pix_loss=norm_pix, **overrides).eval()
+    hf = to_transformers(mae)
+    size = mae.mae_config["img_size"]
+    imgs = torch.randn(3, 3, size, size)
+    noise = torch.rand(3, mae.patch_embed.num_patches)
+    with torch.no_grad():
+        loss, pred, mask = mae(imgs, mask_ratio=0.75, noise=noise)
+        ref = hf(pixel_values=imgs, noise=noise)
+    assert torch.equal(mask, ref.mask)
+    torch.testing.assert_close(pred, ref.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(loss, ref.loss, atol=1e-5, rtol=0)
+
+
+def test_masking_semantics():
+    x = torch.randn(4, 36, 5)
+    noise = torch.rand(4, 36)
+    x_masked, mask, ids_restore = MaskedAutoencoder.random_masking(x, 0.75, noise)
+    assert x_masked.shape == (4, 9, 5)  # int(36 * 0.25)
+    assert (mask.sum(1) == 27).all()
+    for n in range(4):
+        kept = torch.argsort(noise[n])[:9]  # lowest noise is kept, in noise order
+        assert torch.equal(x_masked[n], x[n, kept])
+        expected = torch.ones(36)
+        expected[kept] = 0  # 1 = removed, indexed in the original patch order
+        assert torch.equal(mask[n], expected)
+        assert torch.equal(torch.argsort(torch.argsort(noise[n])), ids_restore[n])
+    again = MaskedAutoencoder.random_masking(x, 0.75, noise.clone())
+    assert all(torch.equal(a, b) for a, b in zip((x_masked, mask, ids_restore), again))
+    # the reference's int() truncation: 196 patches keep 49
+    assert MaskedAutoencoder.random_masking(torch.zeros(1, 196, 1), 0.75)[0].shape[1] == 49
+
+
+def test_patchify_order_and_round_trip():
+    mae = build_mae("mae_vit_test")  # 32 px, p = 8, grid 4 x 4
+    p, c, side = 8, 3, 32
+    img = torch.zeros(1, c, side, side, dtype=torch.float64)
+    for ch in range(c):
+        for y in range(side):
+            for x in range(side):
+                img[0, ch, y, x] = ch + 10 * x + 1000 * y
+    patches = mae.patchify(img)
+    assert patches.shape == (1, 16, p * p * c)
+    for ch, y, x in [(0, 0, 0), (2, 5, 30), (1, 31, 9), (2, 17, 17)]:
+        patch = (y // p) * 4 + x // p  # (h, w) row-major
+        within = ((y % p) * p + x % p) * c + ch  # (p, q, c)
+        assert patches[0, patch, within] == img[0, ch, y, x]
+    assert torch.equal(mae.unpatchify(patches), img)
+    rand = torch.randn(2, 3, 32, 32)
+    assert torch.equal(mae.unpatchify(mae.patchify(rand)), rand)
+
+
+def numpy_sincos(dim: int, h: int, w: int) -> np.ndarray:
+    """Element by element: channel k < dim/2 -> column, else row; within a half, the first
+    quarter sin, the second cos, at frequency 10000 ** -(i / (dim/4))."""
+    quarter = dim // 4
+
+    def value(t, k):
+        row, col = t // w, t % w
+        pos = np.where(k < dim // 2, col, row).astype(np.float64)
+        kk = k % (dim // 2)
+        freq = 1.0 / 10000.0 ** ((kk % quarter) / quarter)
+        return np.where(kk < quarter, np.sin(pos * freq), np.cos(pos * freq))
+    return np.fromfunction(value, (h * w, dim), dtype=np.int64)
+
+
+@pytest.mark.parametrize("dim,h,w", [(32, 4, 4), (20, 6, 6), (16, 3, 5)])
+def test_sincos_table(dim, h, w):
+    table = sincos_2d(dim, (h, w))
+    assert table.shape == (1, 1 + h * w, dim) and table.dtype == torch.float32
+    assert torch.equal(table[0, 0], torch.zeros(dim))  # cls slot
+    np.testing.assert_allclose(table[0, 1:].numpy(), numpy_sincos(dim, h, w), atol=1e-7, rtol=0)
+    grid = table[0, 1:].reshape(h, w, dim)
+    assert torch.equal(grid[0, :, : dim // 2], grid[-1, :, : dim // 2])  # first half: column only
+    assert torch.equal(grid[:, 0, dim // 2:], grid[:, -1, dim // 2:])  # second half: row only
+
+
+def test_position_tables_fixed():
+    mae = build_mae("mae_vit_test")
+    assert torch.equal(mae.pos_embed, sincos_2d(32, (4, 4)))
+    assert torch.equal(mae.decoder_pos_embed, sincos_2d(16, (4, 4)))
+    assert not mae.pos_embed.requires_grad and not mae.decoder_pos_embed.requires_grad
+
+
+def test_init_statistics():
+    torch.manual_seed(0)
+    mae = build_mae("mae_vit_test", embed_dim=256, num_heads=4, depth=1,
+                    decoder_embed_dim=128, decoder_num_heads=4)
+    for name, m in mae.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            bound = math.sqrt(6 / (m.in_features + m.out_features))
+            assert m.weight.abs().max() <= bound, name
+            assert abs(m.weight.std().item() / (bound / math.sqrt(3)) - 1) < 0.1, name
+            assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
+        elif isinstance(m, torch.nn.LayerNorm):
+            assert m.eps == 1e-6, name
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any(), name
+    w = mae.patch_embed.proj.weight  # xavier over the flattened (D, C*p*p) matrix
+    bound = math.sqrt(6 / (w[0].numel() + w.shape[0]))
+    assert w.abs().max() <= bound and abs(w.std().item() / (bound / math.sqrt(3)) - 1) < 0.1
+    for token in (mae.cls_token, mae.mask_token):
+        assert 0.016 < token.std().item() < 0.024 and abs(token.mean().item()) < 0.006
+
+
+def test_state_dict_keys_are_the_official_names():
+    with torch.device("meta"):
+        mae = build_mae("mae_vit_base_patch16")
+    sd = mae.state_dict()
+    block = [f"{m}.{t}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+             for t in ("weight", "bias")]
+    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+                "norm.weight", "norm.bias", "decoder_embed.weight", "decoder_embed.bias",
+                "mask_token", "decoder_pos_embed", "decoder_norm.weight", "decoder_norm.bias",
+                "decoder_pred.weight", "decoder_pred.bias"}
+    expected |= {f"blocks.{i}.{b}" for i in range(12) for b in block}
+    expected |= {f"decoder_blocks.{i}.{b}" for i in range(8) for b in block}
+    assert set(sd) == expected
+    shapes = {"pos_embed": (1, 197, 768), "decoder_pos_embed": (1, 197, 512), "mask_token": (1, 1, 512),
+              "patch_embed.proj.weight": (768, 3, 16, 16), "decoder_pred.weight": (768, 512),
+              "blocks.0.attn.qkv.weight": (2304, 768), "decoder_blocks.0.mlp.fc1.weight": (2048, 512)}
+    assert {k: tuple(sd[k].shape) for k in shapes} == shapes
+
+
+def test_registry_and_errors():
+    assert {"mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14",
+            "mae_vit_small_patch16", "mae_vit_base_patch14", "mae_vit_large_patch14", "mae_vit_test",
+            "mae_vit_tiny_patch16"} <= set(list_models())
+    with pytest.raises(UserError, match="mae_vit_base_patch16"):
+        build_mae("mae_vit_base_patch61")
+    with pytest.raises(UserError, match="embed_dims"):
+        build_mae("mae_vit_test", embed_dims=64)
+    with pytest.raises(UserError, match="not divisible"):
+        build_mae("mae_vit_test", num_heads=3)
+    assert build_mae("mae_vit_test", norm_pix_loss=False).norm_pix_loss is False
+
+
+def test_weight_decay_groups_follow_the_reference():
+    mae = build_mae("mae_vit_test")
+    assert mae.no_weight_decay() == set()
+    groups = param_groups_weight_decay(mae, 0.05, no_weight_decay_list=mae.no_weight_decay())
+    named = {id(p): n for n, p in mae.named_parameters()}
+    decayed = {named[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    exempt = {named[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"cls_token", "mask_token", "patch_embed.proj.weight", "decoder_pred.weight"} <= decayed
+    assert "norm.weight" in exempt and "blocks.0.attn.qkv.bias" in exempt
+    assert not {"pos_embed", "decoder_pos_embed"} & (decayed | exempt)  # frozen: in no group
+
+
+def test_encoder_unmasked_equals_forward_features():
+    mae = build_mae("mae_vit_test").eval()
+    imgs = torch.randn(2, 3, 32, 32)
+    ordered = torch.arange(16.0).expand(2, 16)  # identity shuffle
+    with torch.no_grad():
+        latent, mask, _ = mae.forward_encoder(imgs, 0.0, ordered)
+        assert not mask.any()
+        torch.testing.assert_close(latent, mae.forward_features(imgs), atol=1e-6, rtol=0)
+
+
+def test_gradient_checkpointing_same_loss_and_grads():
+    torch.manual_seed(0)
+    mae = build_mae("mae_vit_test")
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    grads = []
+    for enabled in (False, True):
+        mae.set_grad_checkpointing(enabled)
+        mae.zero_grad()
+        loss, _, _ = mae(imgs, noise=noise)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in mae.parameters() if p.requires_grad]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=0, rtol=0)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
