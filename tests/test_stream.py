@@ -244,3 +244,60 @@ def test_weights_and_source_errors_are_clear(shards):
         FaceStream([resolve("x", f"{shards['celeba']}/celeba-train-000000.tar")], config(mode="exact"))
     with pytest.raises(UserError, match="batches_per_epoch"):
         StreamConfig(mode="resampled")
+
+
+@pytest.fixture(scope="module")
+def imbalanced(tmp_path_factory):
+    """Expression shards with 60 / 6 / 3 faces of classes 0 / 1 / 2 and 4 of class 8."""
+    import numpy as np
+    from shared.shards.items import Item, Scan
+    from shared.shards.writer import ShardSettings, build_shards
+    from shared.synthetic import face_jpeg
+    root = tmp_path_factory.mktemp("imbalanced")
+    rng, items = np.random.default_rng(0), []
+    for code, n in ((0, 60), (1, 6), (2, 3), (8, 4)):
+        for i in range(n):
+            path = root / f"{code}_{i}.jpg"
+            path.write_bytes(face_jpeg(rng, (64, 64), (8, 8, 48, 48)))
+            items.append(Item(f"affectnet-{code}_{i}", "train", path.name, str(path), meta={"expression": code}))
+    out = root / "shards"
+    build_shards(Scan("affectnet", root, items, [], []), out, ShardSettings(size=32, shard_size=10), workers=1,
+                 progress=False)
+    return out
+
+
+def test_manifest_counts_classes_per_shard(imbalanced):
+    manifest = json.loads((imbalanced / "manifest.json").read_text())
+    totals = Counter()
+    for entry in manifest["splits"]["train"]["shards"]:
+        assert sum(entry["classes"].values()) == entry["samples"]
+        totals.update({int(c): n for c, n in entry["classes"].items()})
+    assert totals == {0: 60, 1: 6, 2: 3, 8: 4}
+
+
+def test_exact_class_subset_is_read_once_with_mapped_labels(imbalanced):
+    keys, labels = [], Counter()
+    for rank in range(2):
+        stream = FaceStream(build_sources({"a": str(imbalanced)}),
+                            config(mode="exact", label_map={0: 0, 2: 1}, num_workers=2), rank, 2)
+        for batch in stream:
+            for key, valid, label in zip(batch["key"], batch["valid"], batch["label"]):
+                if valid:
+                    keys.append(key)
+                    labels[int(label)] += 1
+    assert len(keys) == len(set(keys)) == 63 and labels == {0: 60, 1: 3}
+    assert all(k.split("-")[1][0] in "02" for k in keys)
+
+
+def test_class_balanced_sampling_draws_classes_equally(imbalanced):
+    sources = build_sources({"a": str(imbalanced)})
+    common = dict(batch_size=50, batches_per_epoch=60, block_size=100_000, shuffle_buffer=50,
+                  label_map={0: 0, 1: 1, 2: 2}, augment=Augment(kind="resize", size=8))
+    plain = Counter(int(x) for b in FaceStream(sources, config(**common)) for x in b["label"])
+    balanced = Counter(int(x) for b in FaceStream(sources, config(balance_classes=True, **common)) for x in b["label"])
+    assert sum(plain.values()) == sum(balanced.values()) == 3000
+    assert plain[0] / 3000 == pytest.approx(60 / 69, abs=0.05)
+    for label in (0, 1, 2):
+        assert balanced[label] / 3000 == pytest.approx(1 / 3, abs=0.06), balanced
+    with pytest.raises(UserError, match="mode=resampled"):
+        config(mode="exact", balance_classes=True)

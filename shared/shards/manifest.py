@@ -13,6 +13,7 @@ Format `face-shards/1`, plain JSON so tools outside the suite can read it:
         "train": {"holdout": false, "samples": 123, "shards": [
             {"name": "affectnet-train-000000.tar", "samples": 998, "bytes": 2.1e7,
              "sha256": "...", "plan": "<digest of the keys planned for it>",
+             "classes": {"0": 120, "1": 431, ...},   # samples per class code (sources with labels)
              "rejects": [{"path": ..., "reason": ..., "detail": ...}]}, ...]},
         "val": {"holdout": true, ...}             # never selectable for pretraining
       },
@@ -61,11 +62,11 @@ def folder_of(location: str | Path) -> str:
     return posixpath.dirname(url) if url.endswith(".json") else url.rstrip("/")
 
 
-def shards(manifest: dict[str, Any], splits: list[str] | None = None) -> list[tuple[str, str, int]]:
-    """(split, shard name, samples) for the requested splits (all when None), in order."""
+def shards(manifest: dict[str, Any], splits: list[str] | None = None) -> list[dict[str, Any]]:
+    """The shard entries of the requested splits (all when None), in order, each with its split."""
     available = manifest["splits"]
     chosen = list(available) if splits is None else splits
     unknown = [s for s in chosen if s not in available]
     if unknown:
         raise UserError(f"splits {unknown} not in the {manifest['source']} shards; available: {sorted(available)}")
-    return [(s, entry["name"], entry["samples"]) for s in chosen for entry in available[s]["shards"]]
+    return [{**entry, "split": s} for s in chosen for entry in available[s]["shards"]]

@@ -132,7 +132,7 @@ def _read_image_bytes(item: Item) -> tuple[bytes, dict]:
 
 def _write_shard(out: Path, shard: _Planned, results, bar) -> dict:
     partial_path = out / f".{shard.name}.partial"
-    rejects, samples = [], 0
+    rejects, samples, classes = [], 0, Counter()
     with open(partial_path, "wb") as f:
         with wds.TarWriter(f, encoder=False, mtime=0) as tar:
             for item, sample, reject in results:
@@ -141,12 +141,17 @@ def _write_shard(out: Path, shard: _Planned, results, bar) -> dict:
                 else:
                     tar.write(sample)
                     samples += 1
+                    if "cls" in sample:
+                        classes[int(sample["cls"])] += 1
                 bar.update(1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(partial_path, out / shard.name)
-    return {"name": shard.name, "samples": samples, "bytes": (out / shard.name).stat().st_size,
-            "sha256": sha256_file(out / shard.name), "plan": shard.digest, "rejects": rejects}
+    entry = {"name": shard.name, "samples": samples, "bytes": (out / shard.name).stat().st_size,
+             "sha256": sha256_file(out / shard.name), "plan": shard.digest, "rejects": rejects}
+    if classes:  # lets an exact stream plan a class subset (7 of 8 expressions) without reading
+        entry["classes"] = {str(c): n for c, n in sorted(classes.items())}
+    return entry
 
 
 def _reusable_shards(out: Path, scan: Scan, settings: ShardSettings, planned: list[_Planned]) -> dict[str, dict]:

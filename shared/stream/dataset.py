@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from . import order
 from .decode import Augment, decode_sample
 from .reading import ErrorLog, derive_seed
-from .sources import Source
+from .sources import Source, class_subset
 from ..errors import UserError
 from ..shards.leakage import read_exclusions
 
@@ -48,6 +48,8 @@ class StreamConfig:
     prefetch_factor: int = 4
     augment: Augment = field(default_factory=Augment)
     exclude: list[str] = field(default_factory=list)  # exclusion lists from `face-shards leakage`
+    label_map: dict[int, int] | None = None  # class code -> label; samples of other codes are left out
+    balance_classes: bool = False  # resampled: every class equally often in expectation
 
     def __post_init__(self):
         if isinstance(self.augment, dict):
@@ -56,6 +58,8 @@ class StreamConfig:
             raise UserError(f"stream mode {self.mode!r}; expected one of {MODES}")
         if self.mode == "resampled" and not self.batches_per_epoch:
             raise UserError("resampled mode needs batches_per_epoch (per rank): training length is counted in steps")
+        if self.balance_classes and self.mode != "resampled":
+            raise UserError("balance_classes samples with replacement: it needs mode=resampled")
         if self.batch_size < 1 or self.num_workers < 0:
             raise UserError(f"batch_size must be >= 1 and num_workers >= 0 (got {self.batch_size}, {self.num_workers})")
 
@@ -74,7 +78,8 @@ class _Workers(IterableDataset):
         self.sources, self.cfg = stream.sources, stream.config
         self.rank, self.world_size, self.num_slots = stream.rank, stream.world_size, stream.workers_per_rank
         self.batches = stream.batches_per_epoch
-        self.exclude = stream.exclude
+        self.exclude, self.keep, self.repeats = stream.exclude, stream.keep, stream.repeats
+        self.label_map = stream.config.label_map
         self.position = position
 
     def __iter__(self) -> Iterator[dict]:
@@ -86,9 +91,9 @@ class _Workers(IterableDataset):
         errors = ErrorLog()
         cursor = pos.cursors[worker]
         common = dict(seed=cfg.seed, rank=self.rank, worker=worker, epoch=pos.epoch, start=cursor,
-                      shuffle_buffer=cfg.shuffle_buffer, exclude=self.exclude, errors=errors)
+                      shuffle_buffer=cfg.shuffle_buffer, exclude=self.exclude, errors=errors, keep=self.keep)
         if cfg.mode == "resampled":
-            raw = order.resampled_samples(self.sources, block_size=cfg.block_size, **common)
+            raw = order.resampled_samples(self.sources, block_size=cfg.block_size, repeats=self.repeats, **common)
         else:
             raw = order.exact_samples(self.sources, world_size=self.world_size, num_workers=self.num_slots,
                                       shuffle=cfg.shuffle, **common)
@@ -109,6 +114,8 @@ class _Workers(IterableDataset):
                     if cfg.mode == "resampled":
                         continue
                     image, meta, label = None, {}, -1
+                if self.label_map is not None and image is not None:
+                    label = self.label_map[label]
                 if cfg.mode == "resampled" and meta.get("holdout"):
                     raise RuntimeError(f"{sample.get('__url__')}: sample {sample['__key__']} is held-out evaluation data "
                                        "and can never be used for pretraining")
@@ -136,6 +143,22 @@ def _stack(images: list[np.ndarray | None], size: int) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last memory
 
 
+def balanced_repeats(sources: list[Source], keep: frozenset[int] | None) -> dict[int, float]:
+    """Expected copies per class code so that every class is drawn equally often: mean / count."""
+    totals: dict[int, int] = {}
+    for source in sources:
+        for shard in class_subset(source, keep if keep is not None else _all_codes(source)).classes:
+            for code, n in shard.items():
+                totals[code] = totals.get(code, 0) + n
+    totals = {c: n for c, n in totals.items() if n > 0}
+    mean = sum(totals.values()) / len(totals)
+    return {code: mean / n for code, n in totals.items()}
+
+
+def _all_codes(source: Source) -> set[int]:
+    return {c for shard in source.classes or [] for c in shard}
+
+
 class FaceStream:
     def __init__(self, sources: list[Source], config: StreamConfig, rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
@@ -144,6 +167,10 @@ class FaceStream:
         self.rank, self.world_size = rank, world_size
         self.workers_per_rank = max(1, config.num_workers)
         self.exclude = frozenset(k for path in config.exclude for k in read_exclusions(path))
+        self.keep = frozenset(config.label_map) if config.label_map is not None else None
+        if self.keep is not None and config.mode == "exact":
+            sources = self.sources = [class_subset(s, self.keep) for s in sources]
+        self.repeats = balanced_repeats(sources, self.keep) if config.balance_classes else None
         if config.mode == "exact":
             self.total, per_worker = order.exact_plan(sources, world_size, self.workers_per_rank, config.batch_size)
             self.batches_per_epoch = per_worker * self.workers_per_rank

@@ -26,7 +26,10 @@ from ..errors import RunError, UserError
 
 def resampled_samples(sources: list[Source], *, seed: int, rank: int, worker: int, epoch: int,
                       start: int, block_size: int, shuffle_buffer: int, exclude: frozenset[str],
-                      errors: ErrorLog) -> Iterator[dict]:
+                      errors: ErrorLog, keep: frozenset[int] | None = None,
+                      repeats: dict[int, float] | None = None) -> Iterator[dict]:
+    """`keep`: the class codes to stream (others dropped); `repeats`: expected copies per class
+    code (class-balanced sampling: rare classes repeated, frequent ones thinned)."""
     draw = _shard_drawer(sources)
     block, skip = divmod(start, block_size)
     for b in itertools.count(block):
@@ -34,8 +37,24 @@ def resampled_samples(sources: list[Source], *, seed: int, rank: int, worker: in
         raw = _drawn_shards(draw, rng, errors)
         if exclude:
             raw = (s for s in raw if s["__key__"] not in exclude)
+        if keep is not None:
+            raw = (s for s in raw if class_code(s) in keep)
+        if repeats:
+            raw = _repeated(raw, repeats, rng)
         yield from itertools.islice(shuffled(raw, shuffle_buffer, rng), skip, block_size)
         skip = 0
+
+
+def class_code(sample: dict) -> int:
+    return int(sample["cls"]) if "cls" in sample else -1
+
+
+def _repeated(samples: Iterator[dict], repeats: dict[int, float], rng: random.Random) -> Iterator[dict]:
+    """Each sample floor(w) or floor(w)+1 times, w its class's expected count (mean w)."""
+    for sample in samples:
+        w = repeats.get(class_code(sample), 1.0)
+        for _ in range(int(w) + (rng.random() < w - int(w))):
+            yield sample
 
 
 def _shard_drawer(sources: list[Source]):
@@ -88,15 +107,17 @@ def exact_plan(sources: list[Source], world_size: int, num_workers: int, batch_s
 
 def exact_samples(sources: list[Source], *, seed: int, rank: int, worker: int, epoch: int, start: int,
                   world_size: int, num_workers: int, shuffle: bool, shuffle_buffer: int,
-                  exclude: frozenset[str], errors: ErrorLog) -> Iterator[dict]:
-    """This slot's contiguous share of the split (placeholders where samples are missing)."""
+                  exclude: frozenset[str], errors: ErrorLog, keep: frozenset[int] | None = None) -> Iterator[dict]:
+    """This slot's contiguous share of the split (placeholders where samples are missing).
+    With `keep`, the split is the samples of those class codes (the sources' counts must be
+    the per-class ones, see sources.class_subset)."""
     shards = [(u, c) for s in sources for u, c in zip(s.urls, s.counts)]
     if shuffle:
         random.Random(derive_seed(seed, "exact-order", epoch)).shuffle(shards)
     total, slots = sum(c for _, c in shards), world_size * num_workers
     slot = rank * num_workers + worker
     lo, hi = slot * total // slots, (slot + 1) * total // slots
-    raw = _read_range(shards, lo, hi, errors)
+    raw = _read_range(shards, lo, hi, errors, keep)
     if exclude:
         raw = (placeholder("excluded") if s["__key__"] in exclude else s for s in raw)
     if shuffle:
@@ -104,14 +125,18 @@ def exact_samples(sources: list[Source], *, seed: int, rank: int, worker: int, e
     return itertools.islice(raw, start, None)
 
 
-def _read_range(shards: list[tuple[str, int]], lo: int, hi: int, errors: ErrorLog) -> Iterator[dict]:
+def _read_range(shards: list[tuple[str, int]], lo: int, hi: int, errors: ErrorLog,
+                keep: frozenset[int] | None = None) -> Iterator[dict]:
     """Samples lo..hi-1 of the concatenated shards; skipped ones are read but not decoded."""
     offset = 0
     for url, count in shards:
         if offset + count > lo and offset < hi:
             first, last = max(lo - offset, 0), min(hi - offset, count)
             got = 0
-            for sample in itertools.islice(read_shard(url, errors), first, last):
+            samples = read_shard(url, errors)
+            if keep is not None:
+                samples = (s for s in samples if class_code(s) in keep)
+            for sample in itertools.islice(samples, first, last):
                 got += 1
                 yield sample
             for _ in range(last - first - got):

@@ -26,6 +26,7 @@ class Source:
     urls: list[str]
     counts: list[int] | None = None  # samples per shard, when a manifest says
     weight: float = 1.0
+    classes: list[dict[int, int]] | None = None  # samples per class code per shard, when a manifest says
 
     @property
     def samples(self) -> int | None:
@@ -103,7 +104,11 @@ def _from_manifest(name: str, location: str, splits: list[str] | None, pretraini
         raise UserError(f"{location}: the conversion has not finished (manifest not complete); re-run face-shards to resume it")
     folder = mf.folder_of(location)
     chosen = mf.shards(manifest, splits)
-    return Source(name, [posixpath.join(folder, n) for _, n, _ in chosen], [c for _, _, c in chosen], weight)
+    classes = None
+    if chosen and all("classes" in e for e in chosen):
+        classes = [{int(c): n for c, n in e["classes"].items()} for e in chosen]
+    return Source(name, [posixpath.join(folder, e["name"]) for e in chosen], [e["samples"] for e in chosen],
+                  weight, classes)
 
 
 def build_sources(specs: dict[str, Any], weights: str | dict[str, float] | None = None,
@@ -121,5 +126,12 @@ def build_sources(specs: dict[str, Any], weights: str | dict[str, float] | None 
     return sources
 
 
-def all_urls(sources: Iterable[Source]) -> list[str]:
-    return [u for s in sources for u in s.urls]
+def class_subset(source: Source, codes: Iterable[int]) -> Source:
+    """The same shards, counted for the samples whose class code is in `codes` only."""
+    if source.classes is None:
+        raise UserError(f"source {source.name}: its manifest has no per-class counts, which selecting "
+                        "classes needs (re-run face-shards on a labelled dataset to add them)")
+    keep = set(codes)
+    counts = [sum(n for c, n in shard.items() if c in keep) for shard in source.classes]
+    classes = [{c: n for c, n in shard.items() if c in keep} for shard in source.classes]
+    return Source(source.name, source.urls, counts, source.weight, classes)
