@@ -8,7 +8,6 @@ Any config key can be overridden as key=value (see pretrain_mae/config.py).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from pathlib import Path
@@ -22,7 +21,7 @@ from pretrain_mae.export import export_mae
 from pretrain_mae.model import build_mae
 from pretrain_mae.visualize import reconstruction_figure
 from shared.checkpoints import load_into, load_state_dict_file
-from shared.config import load_config, to_dict
+from shared.config import load_config, parse_cli, to_dict
 from shared.errors import run_cli
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
@@ -35,14 +34,6 @@ from shared.training.setup import init_tracking, log_images, make_accelerator
 log = logging.getLogger("pretrain_mae")
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (defaults: pretrain_mae/config.py)")
-    parser.add_argument("--resume", help="'auto' (newest complete state of the run) or a state folder")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.base_lr=1e-4 data.batch_size=128")
-    return parser.parse_args(argv)
-
-
 def mask_noise(seed: int, micro_step: int, rank: int, world_size: int, batch: int, num_patches: int, device):
     """The masking noise of this rank's share of the global micro-batch. Drawn for the whole
     global batch from a generator seeded by the micro-step, so a run is the same on any number of
@@ -53,7 +44,7 @@ def mask_noise(seed: int, micro_step: int, rank: int, world_size: int, batch: in
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_cli(argv, __doc__)
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     if args.resume:
         cfg.run.resume = args.resume

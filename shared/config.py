@@ -9,6 +9,7 @@ resolved configuration, which every checkpoint stores beside itself.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -40,6 +41,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise UserError(f"override {item!r}: expected key=value, e.g. optim.base_lr=1e-4")
         _set_dotted(data, key.strip(), _parse_value(value))
     return from_dict(cls, data)
+
+
+def parse_cli(argv: list[str] | None, description: str) -> argparse.Namespace:
+    """The command line every stage takes: [--config FILE] [--resume auto|STATE] [key=value ...]."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (unset keys keep the defaults of the stage's config.py)")
+    parser.add_argument("--resume", help="'auto' (newest complete state of the run) or a state folder")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.base_lr=1e-4 data.batch_size=128")
+    return parser.parse_args(argv)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:

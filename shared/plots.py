@@ -38,3 +38,25 @@ def _save(fig, path: str | Path) -> np.ndarray:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return rgb
+
+
+def confusion_matrix_figure(matrix, class_names: list[str], path: str | Path, title: str = "") -> np.ndarray:
+    """Row-normalised confusion matrix (recall on the diagonal), with the counts in each cell."""
+    counts = np.asarray(matrix, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 * n + 2.5, 1.0 * n + 2))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{rates[i, j]:.2f}\n({int(counts[i, j])})", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

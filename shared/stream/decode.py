@@ -4,12 +4,16 @@ Augmentations draw from a per-sample RNG (seeded by the sample's position in the
 resumed stream augments every sample exactly as the uninterrupted one did.
 
 - `mae`:    RandomResizedCrop(size, scale, ratio) + horizontal flip (the MAE recipe)
+- `finetune`: the same crop and flip, then timm's RandAugment (`auto_augment`, e.g.
+            "rand-m9-mstd0.5-inc1"), the MAE fine-tuning recipe (its random erasing, mixup and
+            cutmix act on the device batch)
 - `resize`: plain resize to size + horizontal flip (face MAE variants)
 - `eval`:   resize to size / crop_pct, centre crop to size
 - `none`:   the stored image as is
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -20,11 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.data import rand_augment_transform
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .reading import PLACEHOLDER
 
-KINDS = ("mae", "resize", "eval", "none")
+KINDS = ("mae", "finetune", "resize", "eval", "none")
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -37,6 +42,8 @@ class Augment:
     hflip: float = 0.5
     crop_pct: float = 0.875  # eval: the centre crop's share of the resized image
     interpolation: str = "bicubic"  # the MAE recipe's; "bilinear" is faster
+    auto_augment: str | None = None  # finetune: a timm RandAugment config string
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RandAugment's fill colour
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -87,7 +94,7 @@ def augment_image(data: bytes, aug: Augment, rng: random.Random) -> np.ndarray:
     """Returns HxWx3 uint8."""
     image = decode_image(data)
     height, width = image.shape[1:]
-    if aug.kind == "mae":
+    if aug.kind in ("mae", "finetune"):
         out = _crop_resize(image, random_resized_crop(width, height, aug.scale, aug.ratio, rng), aug)
     elif aug.kind == "resize":
         out = _crop_resize(image, (0, 0, width, height), aug)
@@ -96,9 +103,34 @@ def augment_image(data: bytes, aug: Augment, rng: random.Random) -> np.ndarray:
         out = _crop_resize(image, ((width - side) // 2, (height - side) // 2, side, side), aug)
     else:
         out = image
-    if aug.kind in ("mae", "resize") and rng.random() < aug.hflip:
+    if aug.kind in ("mae", "finetune", "resize") and rng.random() < aug.hflip:
         out = out.flip(-1)
+    if aug.kind == "finetune" and aug.auto_augment:
+        out = _rand_augment(out, aug, rng)
     return out.permute(1, 2, 0).numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _rand_augment_op(config: str, size: int, mean: tuple[float, ...]):
+    hparams = {"translate_const": int(size * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in mean)}
+    return rand_augment_transform(config, hparams)
+
+
+def _rand_augment(image: torch.Tensor, aug: Augment, rng: random.Random) -> torch.Tensor:
+    """timm's RandAugment on a (3, H, W) uint8 image. It draws from the global `random` and
+    numpy RNGs, so they are seeded from this sample's RNG (a resumed stream augments alike)
+    and restored afterwards (the training process's own draws stay untouched)."""
+    op = _rand_augment_op(aug.auto_augment, aug.size, tuple(aug.mean))
+    py_state, np_state = random.getstate(), np.random.get_state()
+    seed = rng.getrandbits(32)
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        pil = op(Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()))
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return torch.from_numpy(np.array(pil)).permute(2, 0, 1)
 
 
 def decode_sample(sample: dict, aug: Augment, rng: random.Random) -> tuple[np.ndarray | None, dict, int]:

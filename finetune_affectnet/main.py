@@ -1,0 +1,183 @@
+"""Stage 2: fine-tune a face encoder on AffectNet expressions (or train a linear probe on it).
+
+    accelerate launch finetune_affectnet/main.py --config finetune_affectnet/configs/vit_base_affectnet.yaml \
+        model.encoder=runs/mae_vit_base_faces/export/encoder
+    accelerate launch finetune_affectnet/main.py --config ... --resume auto
+
+Any config key can be overridden as key=value (see finetune_affectnet/config.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
+from timm.utils import ModelEmaV3
+
+from finetune_affectnet.config import FinetuneConfig
+from finetune_affectnet.data import build_streams, class_counts, class_set
+from finetune_affectnet.evaluate import predict, save_report, write_report
+from finetune_affectnet.model import build_classifier, export_classifier, param_groups
+from shared.config import load_config, parse_cli, to_dict
+from shared.errors import UserError, run_cli
+from shared.training.checkpoint import Checkpointer
+from shared.training.images import normalize
+from shared.training.loop import Hook, train
+from shared.training.schedule import scaled_lr, warmup_cosine
+from shared.training.setup import init_tracking, log_images, make_accelerator
+
+log = logging.getLogger("finetune_affectnet")
+METRICS = ("top1", "balanced_accuracy", "macro_f1")
+
+
+def soft_cross_entropy(logits, target, class_weights=None):
+    """Cross-entropy against soft targets (mixup, label smoothing); with class weights, each
+    sample counts by its target's weight, normalised like torch's weighted cross-entropy."""
+    per_class = -target * F.log_softmax(logits.float(), dim=-1)  # (B, C)
+    if class_weights is None:
+        return per_class.sum(-1).mean()
+    return (per_class * class_weights).sum() / (target * class_weights).sum()
+
+
+def main(argv=None) -> int:
+    args = parse_cli(argv, __doc__)
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    if args.resume:
+        cfg.run.resume = args.resume
+    if cfg.eval.metric not in METRICS:
+        raise UserError(f"eval.metric={cfg.eval.metric!r}; expected one of {METRICS}")
+    if not cfg.model.encoder:
+        raise UserError("no encoder: set model.encoder to a stage-1 export folder, an official MAE .pth or a timm name")
+    acc = make_accelerator(cfg.run)
+    run_dir = Path(cfg.run.output_dir)
+
+    label_map, class_names = class_set(cfg.data)
+    model, info = build_classifier(cfg.model.encoder, len(class_names), pool=cfg.model.pool,
+                                   hidden_dim=cfg.model.hidden_dim, dropout=cfg.model.dropout,
+                                   drop_path_rate=cfg.model.drop_path, head_init_std=cfg.model.head_init_std,
+                                   linear_probe=cfg.model.linear_probe, architecture=cfg.model.architecture,
+                                   img_size=cfg.data.image_size)
+    mean, std = tuple(cfg.data.mean or info.mean), tuple(cfg.data.std or info.std)
+    image_size = cfg.data.image_size or info.input_size[-1]
+    train_stream, val_stream = build_streams(cfg.data, image_size=image_size, mean=mean, seed=cfg.run.seed,
+                                             rank=acc.process_index, world_size=acc.num_processes,
+                                             pin_memory=acc.device.type == "cuda")
+    counts = class_counts(train_stream, label_map, len(class_names))
+    samples_per_step = cfg.data.batch_size * acc.num_processes * cfg.optim.grad_accum
+    total_steps = (math.ceil(cfg.epochs * sum(counts) / samples_per_step) if cfg.epochs else cfg.run.total_steps)
+    peak_lr = scaled_lr(cfg.optim.base_lr, samples_per_step, cfg.optim.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=cfg.optim.weight_decay, layer_decay=cfg.layer_decay),
+                                  lr=0.0, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                  fused=cfg.optim.fused if cfg.optim.fused is not None else acc.device.type == "cuda")
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, device=acc.device) if cfg.ema_decay else None
+    model, optimizer = acc.prepare(model, optimizer)
+    if ema is not None:
+        acc.register_for_checkpointing(ema)
+    if cfg.run.compile:
+        model = torch.compile(model)
+
+    mixup = None
+    if (cfg.data.mixup > 0 or cfg.data.cutmix > 0) and not cfg.model.linear_probe:
+        mixup = Mixup(mixup_alpha=cfg.data.mixup, cutmix_alpha=cfg.data.cutmix,
+                      label_smoothing=cfg.data.label_smoothing, num_classes=len(class_names))
+    erasing = RandomErasing(cfg.data.reprob, mode="pixel", device=acc.device) if cfg.data.reprob > 0 else None
+    class_weights = None
+    if cfg.data.balance == "loss":
+        n = torch.tensor(counts, dtype=torch.float, device=acc.device).clamp(min=1)
+        class_weights = n.sum() / (len(counts) * n)
+
+    checkpointer = Checkpointer(acc, run_dir, cfg.run.keep_last)
+    resolved = to_dict(cfg)
+    start_step, best = 0, {"value": -math.inf}
+    state = checkpointer.resolve(cfg.run.resume)
+    if state is not None:
+        rank_state = checkpointer.load(state)
+        train_stream.load_state_dict(rank_state["stream"])
+        start_step = rank_state["step"]
+        if (run_dir / "best" / "report.json").is_file():
+            best_report = json.loads((run_dir / "best" / "report.json").read_text())
+            best = {"value": best_report[cfg.eval.metric], "step": best_report["step"]}
+        log.info("resumed from %s at step %d", state, start_step)
+    if acc.is_main_process:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    init_tracking(acc, cfg.run, resolved, name=run_dir.name)
+    log.info("%s -> %d classes (%s); %d steps of %d images, peak lr %.2e; training samples per class %s",
+             info.source, len(class_names), ", ".join(class_names), total_steps, samples_per_step, peak_lr, counts)
+
+    def loss_fn(model, batch, micro_step):
+        x = normalize(batch["image"], mean, std, acc.device)
+        y = batch["label"].to(acc.device, non_blocking=True)
+        if not batch["valid"].all():  # padding at the end of an exact pass, or an unreadable image
+            keep = batch["valid"].to(acc.device)
+            x, y = x[keep], y[keep]
+        if mixup is not None and x.shape[0] % 2:  # timm's batch mixup pairs samples
+            x, y = x[:-1], y[:-1]
+        if erasing is not None:
+            x = erasing(x)
+        if mixup is not None:
+            x, target = mixup(x, y)
+        else:
+            smoothing = cfg.data.label_smoothing
+            target = F.one_hot(y, len(class_names)).float() * (1 - smoothing) + smoothing / len(class_names)
+        return soft_cross_entropy(model(x), target, class_weights), {}
+
+    def evaluate(step):
+        results = {}
+        for name, net in (("model", model), ("ema", ema.module if ema is not None else None)):
+            if net is None:
+                continue
+            y_true, y_pred = predict(acc, net, val_stream, mean, std)
+            if acc.is_main_process:
+                out = run_dir / "eval" / f"step_{step:08d}" / name
+                results[name] = write_report(y_true, y_pred, class_names, out, step=step,
+                                             extra={"split": cfg.data.val_split, "weights": name})
+        if not acc.is_main_process:
+            return
+        chosen = "ema" if ema is not None else "model"
+        report = results[chosen]
+        acc.log({f"val/{w}/{m}": r[m] for w, r in results.items() for m in METRICS}, step=step)
+        log.info("step %d, %s weights: top-1 %.4f, balanced accuracy %.4f, macro-F1 %.4f", step, chosen,
+                 report["top1"], report["balanced_accuracy"], report["macro_f1"])
+        if report[cfg.eval.metric] > best["value"]:
+            best.update(value=report[cfg.eval.metric], step=step)
+            net = ema.module if ema is not None else acc.unwrap_model(model)
+            export_classifier(net, info, run_dir / "best", class_names=class_names, mean=mean, std=std,
+                              extra={"step": step, "metric": cfg.eval.metric, "config": resolved})
+            rgb = save_report(report, run_dir / "best",
+                              title=f"best: {cfg.eval.metric} {report[cfg.eval.metric]:.3f} at step {step}")
+            log_images(acc, {"confusion_matrix": rgb}, step)
+
+    hooks = []
+    if ema is not None:
+        hooks.append(Hook(1, lambda step: ema.update(acc.unwrap_model(model), step=step)))
+    if cfg.eval.every:
+        hooks.append(Hook(cfg.eval.every, evaluate))
+    step = train(acc, model, optimizer, train_stream, loss_fn, total_steps=total_steps,
+                 lr_at=lambda s: warmup_cosine(s, peak=peak_lr, total_steps=total_steps,
+                                               warmup_steps=cfg.optim.warmup_steps, min_lr=cfg.optim.min_lr),
+                 checkpointer=checkpointer, config=resolved, samples_per_step=samples_per_step,
+                 start_step=start_step, grad_accum=cfg.optim.grad_accum, grad_clip=cfg.optim.grad_clip,
+                 log_every=cfg.run.log_every, save_every=cfg.run.save_every, hooks=hooks,
+                 metrics_file=run_dir / "metrics.jsonl")
+    if step >= total_steps:
+        if not cfg.eval.every or step % cfg.eval.every:
+            evaluate(step)
+        if acc.is_main_process:
+            net = ema.module if ema is not None else acc.unwrap_model(model)
+            export_classifier(net, info, run_dir / "export", class_names=class_names, mean=mean, std=std,
+                              extra={"step": step, "config": resolved})
+            log.info("best %s %.4f at step %s (run_dir/best); final weights exported to %s", cfg.eval.metric,
+                     best["value"], best.get("step"), run_dir / "export")
+    acc.wait_for_everyone()
+    acc.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
