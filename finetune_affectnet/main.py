@@ -29,6 +29,7 @@ from shared.errors import UserError, run_cli
 from shared.training.checkpoint import Checkpointer
 from shared.training.images import normalize
 from shared.training.loop import Hook, train
+from shared.training.preemption import EXIT_REQUEUE, StopRequest
 from shared.training.schedule import scaled_lr, warmup_cosine
 from shared.training.setup import init_tracking, log_images, make_accelerator
 
@@ -106,6 +107,8 @@ def main(argv=None) -> int:
         log.info("resumed from %s at step %d", state, start_step)
     if acc.is_main_process:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        StopRequest.clear_markers(run_dir)
+    stop = StopRequest(acc, run_dir, check_every=cfg.run.stop_check_every)
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
     log.info("%s -> %d classes (%s); %d steps of %d images, peak lr %.2e; training samples per class %s",
              info.source, len(class_names), ", ".join(class_names), total_steps, samples_per_step, peak_lr, counts)
@@ -164,7 +167,11 @@ def main(argv=None) -> int:
                  checkpointer=checkpointer, config=resolved, samples_per_step=samples_per_step,
                  start_step=start_step, grad_accum=cfg.optim.grad_accum, grad_clip=cfg.optim.grad_clip,
                  log_every=cfg.run.log_every, save_every=cfg.run.save_every, hooks=hooks,
-                 metrics_file=run_dir / "metrics.jsonl")
+                 metrics_file=run_dir / "metrics.jsonl", stop=stop)
+    if stop.stopped_at is not None and step < total_steps:  # stopped early: state saved, ask for a requeue
+        stop.acknowledge()
+        acc.end_training()
+        return EXIT_REQUEUE
     if step >= total_steps:
         if not cfg.eval.every or step % cfg.eval.every:
             evaluate(step)

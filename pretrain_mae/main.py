@@ -27,6 +27,7 @@ from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
 from shared.training.images import normalize
 from shared.training.loop import Hook, train
+from shared.training.preemption import EXIT_REQUEUE, StopRequest
 from shared.training.optim import adamw
 from shared.training.schedule import scaled_lr, warmup_cosine
 from shared.training.setup import init_tracking, log_images, make_accelerator
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
         log.info("no training state in %s yet: starting from step 0", checkpointer.dir)
     if acc.is_main_process:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        StopRequest.clear_markers(run_dir)
+    stop = StopRequest(acc, run_dir, check_every=cfg.run.stop_check_every)
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
     log.info("%s: %d steps of %d images (peak lr %.2e) on %d process(es)", cfg.model.name, total_steps,
              samples_per_step, peak_lr, acc.num_processes)
@@ -114,7 +117,11 @@ def main(argv=None) -> int:
                  checkpointer=checkpointer, config=resolved, samples_per_step=samples_per_step,
                  start_step=start_step, stop_after=cfg.stop_after, grad_accum=cfg.optim.grad_accum,
                  grad_clip=cfg.optim.grad_clip, log_every=cfg.run.log_every, save_every=cfg.run.save_every,
-                 hooks=hooks, metrics_file=run_dir / "metrics.jsonl")
+                 hooks=hooks, metrics_file=run_dir / "metrics.jsonl", stop=stop)
+    if stop.stopped_at is not None and step < total_steps:  # stopped early: state saved, ask for a requeue
+        stop.acknowledge()
+        acc.end_training()
+        return EXIT_REQUEUE
     if hasattr(data, "errors") and data.errors:
         log.warning("skipped %d unreadable samples; first: %s", data.errors, data.error_messages[:3])
     if step >= total_steps and acc.is_main_process:

@@ -17,14 +17,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_stage(script: str, *args: str, processes: int = 1, timeout: int = 600, check: bool = True):
-    """`python <script> args` (or torchrun with N processes on CPU/gloo); returns the CompletedProcess."""
+def stage_command(script: str, args, processes: int = 1) -> tuple[list[str], dict]:
+    """`python <script> args`, or torchrun with N processes (CPU, gloo); and its environment."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if processes == 1:
-        cmd = [sys.executable, str(ROOT / script), *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(ROOT / script), *args]
+        return [sys.executable, str(ROOT / script), *args], env
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(ROOT / script), *args], env
+
+
+def run_stage(script: str, *args: str, processes: int = 1, timeout: int = 600, check: bool = True):
+    """Run a stage to its end; returns the CompletedProcess (raises with its output on failure)."""
+    cmd, env = stage_command(script, args, processes)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -35,3 +39,28 @@ def metrics(run_dir: Path) -> dict[int, dict]:
     """step -> the logged means of metrics.jsonl (a resumed run appends to it)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {row["step"]: row for row in rows}
+
+
+def start_stage(script: str, *args: str, processes: int = 1):
+    """Start a stage in the background; returns the Popen, its output going to `proc.log`."""
+    import tempfile
+    cmd, env = stage_command(script, args, processes)
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc.log = log
+    return proc
+
+
+def wait_for_steps(run_dir: Path, steps: int, proc, timeout: float = 300) -> None:
+    """Block until metrics.jsonl has `steps` lines (the run is well under way)."""
+    import time
+    deadline = time.time() + timeout
+    path = run_dir / "metrics.jsonl"
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= steps:
+            return
+        if proc.poll() is not None:
+            proc.log.seek(0)
+            raise AssertionError(f"the run ended early ({proc.returncode}):\n{proc.log.read()[-4000:]}")
+        time.sleep(0.05)
+    raise AssertionError("the run did not get going in time")

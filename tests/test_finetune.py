@@ -74,6 +74,9 @@ def test_two_processes_evaluate_every_face_once(tiny_encoder, expression_shards,
     out = tmp_path / "run2"
     run_stage(SCRIPT, *tiny(out, tiny_encoder, expression_shards, "run.total_steps=3", "eval.every=3",
                             "run.save_every=100", "ema_decay=0.9", "data.balance=loss"), processes=2)
+    state = out / "checkpoints" / "step_00000003"
+    ranks = [json.loads((state / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # identical parameters on every rank
     for weights in ("model", "ema"):
         report = json.loads((out / "eval" / "step_00000003" / weights / "report.json").read_text())
         assert report["samples"] == 40 and sum(map(sum, report["confusion_matrix"])) == 40

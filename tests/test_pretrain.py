@@ -94,8 +94,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     # so parameters agree to ~1e-5 while 5 steps at lr 1e-3 moved them by far more
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     assert max((a[k] - c[k]).abs().max().item() for k in a if k in c) > 2e-3
-    meta = json.loads((tmp_path / "two" / "checkpoints" / "step_00000005" / "meta.json").read_text())
-    assert meta["world_size"] == 2
+    state = tmp_path / "two" / "checkpoints" / "step_00000005"
+    assert json.loads((state / "meta.json").read_text())["world_size"] == 2
+    ranks = [json.loads((state / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # identical parameters on every rank
 
 
 def test_bad_config_is_one_line_with_status_2(tmp_path):

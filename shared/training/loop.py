@@ -30,6 +30,16 @@ class Hook:
     fn: Callable[[int], None]  # called with the step just finished
 
 
+@torch.no_grad()
+def param_checksum(model) -> float:
+    """A float64 fingerprint of the parameters. Saved per rank with every state: ranks of a
+    data-parallel run must agree on it exactly, or they have diverged."""
+    total = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+    for i, p in enumerate(model.parameters(), 1):
+        total += (p.detach().double() * (1 + i / 1000)).sum()  # weighted: swapped tensors differ
+    return total.item()
+
+
 def forever(data: Iterable) -> Iterator:
     """Batches across epoch ends; each pass over `data` is one epoch of the stream. (An epoch
     resumed at its very end is empty; two empty ones in a row mean the data is.)"""
@@ -47,10 +57,12 @@ def train(acc, model, optimizer, data, loss_fn: Callable[[Any, dict, int], tuple
           total_steps: int, lr_at: Callable[[int], float], checkpointer: Checkpointer, config: dict,
           samples_per_step: int, start_step: int = 0, stop_after: int | None = None, grad_accum: int = 1,
           grad_clip: float | None = None, log_every: int = 20, save_every: int = 1000,
-          hooks: Iterable[Hook] = (), metrics_file: str | Path | None = None) -> int:
+          hooks: Iterable[Hook] = (), metrics_file: str | Path | None = None,
+          stop: Callable[[int], bool] | None = None) -> int:
     """Train from `start_step` to `total_steps` (or `stop_after` steps of this invocation, the
     state saved, for time-limited jobs). `loss_fn` gets the global micro-batch index
-    (step * grad_accum + micro), which is what per-micro-batch randomness should be seeded by."""
+    (step * grad_accum + micro), which is what per-micro-batch randomness should be seeded by.
+    `stop(step)` returning True (see preemption.StopRequest) saves the state and ends early."""
     model.train()
     end = total_steps if stop_after is None else min(total_steps, start_step + stop_after)
     batches = forever(data)
@@ -94,7 +106,10 @@ def train(acc, model, optimizer, data, loss_fn: Callable[[Any, dict, int], tuple
         for hook in hooks:
             if step % hook.every == 0:
                 hook.fn(step)
-        if step % save_every == 0 or step == end:
-            checkpointer.save(step, {"stream": data.state_dict()}, config)
+        stopping = stop is not None and stop(step)
+        if step % save_every == 0 or step == end or stopping:
+            checkpointer.save(step, {"stream": data.state_dict(), "param_checksum": param_checksum(model)}, config)
+        if stopping:
+            break
     bar.close()
     return step
