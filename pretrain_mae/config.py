@@ -15,7 +15,7 @@ class ModelSection:
     name: str = "mae_vit_base_patch16"  # a file of pretrain_mae/model_configs/
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {img_size: 112, norm_pix_loss: false}
     mask_ratio: float = 0.75
-    init: str | None = None  # start from: an official MAE / MAE-Face .pth, a .safetensors, or a timm folder
+    init: str | None = None  # start from: an official MAE / MAE-Face .pth, a .safetensors, a timm folder or name
     grad_checkpointing: bool = False
 
 

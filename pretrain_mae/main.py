@@ -21,6 +21,7 @@ from pretrain_mae.export import export_mae
 from pretrain_mae.model import build_mae
 from pretrain_mae.visualize import reconstruction_figure
 from shared.checkpoints import load_into, load_state_dict_file
+from shared.encoders import load_encoder, spec_kind
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import run_cli
 from shared.stream.reading import derive_seed
@@ -44,6 +45,15 @@ def mask_noise(seed: int, micro_step: int, rank: int, world_size: int, batch: in
     return noise[rank * batch:(rank + 1) * batch]
 
 
+def initial_weights(spec: str) -> dict[str, torch.Tensor]:
+    """A weight file as it is (official MAE / MAE-Face .pth, .safetensors: decoder included when
+    it has one); a timm folder or model name: its encoder (the decoder starts from init)."""
+    if spec_kind(spec) == "file":
+        return load_state_dict_file(spec)
+    encoder, _ = load_encoder(spec, pool="token")
+    return encoder.state_dict()
+
+
 def main(argv=None) -> int:
     args = parse_cli(argv, __doc__)
     cfg = load_config(PretrainConfig, args.config, args.overrides)
@@ -54,7 +64,7 @@ def main(argv=None) -> int:
 
     model = build_mae(cfg.model.name, **cfg.model.overrides)
     if cfg.model.init:
-        report = load_into(model, load_state_dict_file(cfg.model.init))
+        report = load_into(model, initial_weights(cfg.model.init))
         log.info("initialised from %s: %s", cfg.model.init, report.summary())
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)

@@ -59,6 +59,13 @@ def test_loss_falls_and_the_run_exports_and_draws(shards, tmp_path):
     at_20 = load_file(out / "checkpoints" / "step_00000020" / "model.safetensors")
     assert torch.equal(again.state_dict()["blocks.0.attn.qkv.weight"], at_20["blocks.0.attn.qkv.weight"])
 
+    # continued pretraining from the exported encoder folder: encoder loaded, decoder from init
+    proc = run_stage(SCRIPT, *tiny(tmp_path / "continued", shards, "run.total_steps=1", "optim.lr=0.0",
+                                   f"model.init={out / 'export' / 'encoder'}"))
+    assert "decoder left at init" in proc.stderr and "encoder-only" in proc.stderr
+    continued = load_file(tmp_path / "continued" / "checkpoints" / "step_00000001" / "model.safetensors")
+    assert torch.equal(continued["blocks.1.mlp.fc2.weight"], trained["blocks.1.mlp.fc2.weight"])
+
 
 def test_resume_after_an_interruption_reproduces_the_losses(shards, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
