@@ -36,7 +36,6 @@ import argparse
 import io
 import itertools
 import json
-import os
 import platform
 import random
 import shlex
@@ -66,6 +65,7 @@ from shared.stream import Augment, FaceStream, StreamConfig, build_sources
 from shared.stream.decode import augment_image, random_resized_crop
 from shared.stream.reading import ErrorLog, read_shard
 from shared.synthetic import write_celeba
+from hardware import cores, cpu_model
 
 IMAGE_SIZE = 224
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -268,21 +268,10 @@ def read_shards_us(shards: Path, n: int) -> float:
 # ----------------------------------------------------------------------------- report
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine() -> str:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     turbo = features.version("libjpeg_turbo")
     jpeg = f"libjpeg-turbo {turbo}" if turbo else f"libjpeg {features.version('jpg')}"
-    return (f"{cpu_model()}, {os.cpu_count()} cores ({usable} usable); Python {platform.python_version()}, "
+    return (f"{cpu_model()}, {cores()}; Python {platform.python_version()}, "
             f"torch {torch.__version__}, torchvision {torchvision.__version__}, Pillow {PIL.__version__} ({jpeg}), "
             f"numpy {np.__version__}")
 

@@ -1,0 +1,169 @@
+"""The preprocessing steps: each is (is this video done?, do this video), run by `run_step`
+over this process's share of the videos, with a progress bar and a failure summary."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import gather_object
+from tqdm import tqdm
+
+from eri_downstream.dataset import VideoEntry
+from eri_downstream.store import FeatureStore, fingerprint_files, text_hash
+from shared.errors import UserError
+from shared.training.images import normalize
+
+log = logging.getLogger("eri_downstream.extract")
+STEPS = ("faces", "visual", "audio", "transcripts", "text")
+
+
+@dataclass
+class Step:
+    is_done: Callable[[VideoEntry], bool]
+    work: Callable[[VideoEntry], str]  # returns an outcome ("ok", "no-face", ...); raises on failure
+    finish: Callable[[dict[str, str]], None] = lambda results: None  # main process, after all ranks
+    results: dict[str, str] = field(default_factory=dict)  # file_id -> value kept for `finish`
+
+
+def run_step(name: str, entries: list[VideoEntry], store: FeatureStore, args, state) -> dict:
+    step = BUILDERS[name](store, args, state.device)
+    mine = entries[state.process_index::state.num_processes]
+    outcomes, failures = Counter(), {}
+    bar = tqdm(mine, desc=f"{name} [{state.process_index}]", unit="video", position=state.process_index,
+               dynamic_ncols=True, leave=state.is_main_process)
+    for entry in bar:
+        if not args.overwrite and step.is_done(entry):
+            outcomes["already done"] += 1
+            continue
+        try:
+            outcomes[step.work(entry)] += 1
+        except Exception as err:  # noqa: BLE001 - one bad video is reported, never fatal to the step
+            failures[entry.file_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    reports = gather_object([(dict(outcomes), failures, step.results)]) if state.num_processes > 1 else \
+        [(dict(outcomes), failures, step.results)]
+    total, all_failures, all_results = Counter(), {}, {}
+    for counts, fails, results in reports:
+        total.update(counts)
+        all_failures.update(fails)
+        all_results.update(results)
+    if state.is_main_process:
+        step.finish(all_results)
+        path = store.write_failures(name, all_failures)
+        listed = ", ".join(f"{n} {what}" for what, n in sorted(total.items()))
+        log.info("%s: %s%s", name, listed or "nothing to do",
+                 f"; {len(all_failures)} failed (see {path})" if all_failures else "")
+    state.wait_for_everyone()
+    return {"outcomes": dict(total), "failures": all_failures}
+
+
+def faces_step(store: FeatureStore, args, device) -> Step:
+    from eri_downstream.faces import extract_faces, make_detector, save_face_track
+    detector = make_detector(args.detector, device=device)
+
+    def work(entry: VideoEntry) -> str:
+        if entry.mp4 is None:
+            raise FileNotFoundError("no mp4 for this video")
+        track = extract_faces(entry.mp4, detector, fps=args.fps, size=args.size, margin=args.margin,
+                              batch_size=args.batch_size)
+        save_face_track(track, store.faces(entry.file_id))
+        return track.status
+    return Step(lambda e: store.faces(e.file_id).is_file(), work)
+
+
+def visual_step(store: FeatureStore, args, device) -> Step:
+    from eri_downstream.faces import load_face_track
+    from shared.encoders import load_frozen_encoder
+    if not args.encoder:
+        raise UserError("the visual step needs --encoder: the stage-2 export folder (e.g. runs/.../best/encoder)")
+    folder = Path(args.encoder)
+    encoder, info = load_frozen_encoder(folder)
+    encoder.to(device)
+    weights = [p for p in sorted(folder.iterdir()) if p.suffix == ".safetensors"] + [folder / "config.json"]
+    fingerprint = fingerprint_files(*weights)
+    size = info.input_size[-1]
+
+    @torch.no_grad()
+    def work(entry: VideoEntry) -> str:
+        if not store.faces(entry.file_id).is_file():
+            raise FileNotFoundError("no face track: run the faces step first")
+        track = load_face_track(store.faces(entry.file_id))
+        meta = dict(source=str(folder), fingerprint=fingerprint)
+        if track.status != "ok":
+            store.save("visual", entry.file_id, torch.zeros(1, info.embed_dim), status=track.status, **meta)
+            return track.status
+        frames = torch.from_numpy(track.crops).permute(0, 3, 1, 2)  # (T, 3, S, S) uint8
+        features = []
+        for batch in frames.split(args.batch_size):
+            x = normalize(batch, info.mean, info.std, device)
+            if x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                features.append(encoder(x).float())
+        store.save("visual", entry.file_id, torch.cat(features), status="ok", **meta)  # (T, D)
+        return "ok"
+    return Step(lambda e: store.is_current("visual", e.file_id, fingerprint=fingerprint), work)
+
+
+def audio_step(store: FeatureStore, args, device) -> Step:
+    from eri_downstream.audio import AudioEncoder, load_audio, model_fingerprint
+    encoder = AudioEncoder(args.audio_model, device=device, chunk_seconds=args.chunk_seconds)
+    fingerprint = model_fingerprint(args.audio_model)
+
+    def work(entry: VideoEntry) -> str:
+        source = entry.wav or entry.mp4
+        if source is None:
+            raise FileNotFoundError("neither a wav nor an mp4 for this video")
+        features = encoder.encode(load_audio(source))  # (T, 768), 50 per second
+        store.save("audio", entry.file_id, features, source=args.audio_model, fingerprint=fingerprint,
+                   status="ok", from_file=str(source))
+        return "ok" if entry.wav else "ok (mp4 audio track)"
+    return Step(lambda e: store.is_current("audio", e.file_id, fingerprint=fingerprint), work)
+
+
+def transcripts_step(store: FeatureStore, args, device) -> Step:
+    from eri_downstream.audio import load_audio
+    from eri_downstream.text import Transcriber
+    transcriber = Transcriber(args.asr, model=args.asr_model, device=device)
+    existing = store.read_transcripts()
+    step = Step(lambda e: e.file_id in existing, lambda e: "")
+
+    def work(entry: VideoEntry) -> str:
+        source = entry.wav or entry.mp4
+        if source is None:
+            raise FileNotFoundError("neither a wav nor an mp4 for this video")
+        step.results[entry.file_id] = transcriber.transcribe(load_audio(source))
+        return "ok" if step.results[entry.file_id] else "ok (no speech)"
+
+    def finish(new: dict[str, str]) -> None:
+        store.write_transcripts({**existing, **new})  # corrections made by hand are kept
+    step.work, step.finish = work, finish
+    return step
+
+
+def text_step(store: FeatureStore, args, device) -> Step:
+    from eri_downstream.audio import model_fingerprint
+    from eri_downstream.text import TextEncoder
+    encoder = TextEncoder(args.text_model, device=device, max_length=args.max_length)
+    fingerprint = model_fingerprint(args.text_model)
+    transcripts = store.read_transcripts()
+
+    def expected(entry: VideoEntry) -> dict[str, str]:
+        return {"fingerprint": fingerprint, "transcript_sha1": text_hash(transcripts.get(entry.file_id, ""))}
+
+    def work(entry: VideoEntry) -> str:
+        if entry.file_id not in transcripts:
+            raise KeyError("no transcript: run the transcripts step first")
+        text = transcripts[entry.file_id]
+        store.save("text", entry.file_id, encoder.encode(text), source=args.text_model,
+                   status="ok" if text.strip() else "no-speech", **expected(entry))
+        return "ok" if text.strip() else "no speech (zeros)"
+    return Step(lambda e: store.is_current("text", e.file_id, **expected(e)), work)
+
+
+BUILDERS = {"faces": faces_step, "visual": visual_step, "audio": audio_step,
+            "transcripts": transcripts_step, "text": text_step}
