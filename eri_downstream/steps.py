@@ -130,19 +130,18 @@ def transcripts_step(store: FeatureStore, args, device) -> Step:
     from eri_downstream.text import Transcriber
     transcriber = Transcriber(args.asr, model=args.asr_model, device=device)
     existing = store.read_transcripts()
-    step = Step(lambda e: e.file_id in existing, lambda e: "")
+    texts: dict[str, str] = {}  # this process's new transcripts, gathered for `finish`
 
     def work(entry: VideoEntry) -> str:
         source = entry.wav or entry.mp4
         if source is None:
             raise FileNotFoundError("neither a wav nor an mp4 for this video")
-        step.results[entry.file_id] = transcriber.transcribe(load_audio(source))
-        return "ok" if step.results[entry.file_id] else "ok (no speech)"
+        texts[entry.file_id] = transcriber.transcribe(load_audio(source))
+        return "ok" if texts[entry.file_id] else "ok (no speech)"
 
     def finish(new: dict[str, str]) -> None:
         store.write_transcripts({**existing, **new})  # corrections made by hand are kept
-    step.work, step.finish = work, finish
-    return step
+    return Step(lambda e: e.file_id in existing, work, finish, texts)
 
 
 def text_step(store: FeatureStore, args, device) -> Step:
