@@ -95,16 +95,11 @@ def main(argv=None) -> int:
 
     checkpointer = Checkpointer(acc, run_dir, cfg.run.keep_last)
     resolved = to_dict(cfg)
-    start_step, best = 0, {"value": -math.inf}
-    state = checkpointer.resolve(cfg.run.resume)
-    if state is not None:
-        rank_state = checkpointer.load(state)
-        train_stream.load_state_dict(rank_state["stream"])
-        start_step = rank_state["step"]
-        if (run_dir / "best" / "report.json").is_file():
-            best_report = json.loads((run_dir / "best" / "report.json").read_text())
-            best = {"value": best_report[cfg.eval.metric], "step": best_report["step"]}
-        log.info("resumed from %s at step %d", state, start_step)
+    best = {"value": -math.inf}
+    start_step, state = checkpointer.restore(cfg.run.resume, train_stream)
+    if state is not None and (run_dir / "best" / "report.json").is_file():
+        best_report = json.loads((run_dir / "best" / "report.json").read_text())
+        best = {"value": best_report[cfg.eval.metric], "step": best_report["step"]}
     if acc.is_main_process:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         StopRequest.clear_markers(run_dir)

@@ -83,15 +83,7 @@ def main(argv=None) -> int:
 
     checkpointer = Checkpointer(acc, run_dir, cfg.run.keep_last)
     resolved = to_dict(cfg)
-    start_step = 0
-    state = checkpointer.resolve(cfg.run.resume)
-    if state is not None:
-        rank_state = checkpointer.load(state)
-        data.load_state_dict(rank_state["stream"])
-        start_step = rank_state["step"]
-        log.info("resumed from %s at step %d", state, start_step)
-    elif cfg.run.resume == "auto":
-        log.info("no training state in %s yet: starting from step 0", checkpointer.dir)
+    start_step, _ = checkpointer.restore(cfg.run.resume, data)
     if acc.is_main_process:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         StopRequest.clear_markers(run_dir)

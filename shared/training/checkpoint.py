@@ -9,6 +9,7 @@ a kill during the write leaves the previous state intact and `latest()` never se
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..errors import UserError
 from ..provenance import code_version, write_json_atomic
 
 META = "meta.json"
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -74,6 +76,19 @@ class Checkpointer:
                             f"{self.acc.num_processes}; resume with the same number of processes")
         self.acc.load_state(str(path))
         return json.loads((path / f"rank_{self.acc.process_index}.json").read_text())
+
+    def restore(self, resume: str | None, data) -> tuple[int, Path | None]:
+        """Resume a run: model, optimizer, RNG and `data`'s position from the state `resume`
+        names ("auto": the newest, if any). Returns (step to start from, state used)."""
+        path = self.resolve(resume)
+        if path is None:
+            if resume == "auto":
+                log.info("no training state in %s yet: starting from step 0", self.dir)
+            return 0, None
+        rank_state = self.load(path)
+        data.load_state_dict(rank_state["stream"])
+        log.info("resumed from %s at step %d", path, rank_state["step"])
+        return rank_state["step"], path
 
     def _prune(self) -> None:
         complete = sorted(p for p in self.dir.glob("step_*") if (p / META).is_file())
