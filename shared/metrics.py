@@ -23,3 +23,52 @@ def classification_report(y_true, y_pred, class_names: list[str]) -> dict:
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "class_names": list(class_names),
     }
+
+
+def _nan_reason(pred: np.ndarray, true: np.ndarray) -> str | None:
+    """Why Pearson r of one column is undefined, or None when it is defined."""
+    if len(pred) < 2:
+        return "fewer than 2 videos"
+    if not (np.isfinite(pred).all() and np.isfinite(true).all()):
+        return "non-finite values"
+    if np.ptp(pred) == 0:
+        return "constant prediction"
+    if np.ptp(true) == 0:
+        return "constant truth"
+    return None
+
+
+def pearson_report(pred: np.ndarray, true: np.ndarray, names: list[str]) -> dict:
+    """The ERI challenge metric over a whole split: per column Pearson r (scipy.stats.pearsonr)
+    and their plain mean.
+
+    pred, true: (N, C) with C == len(names). An undefined r (constant column, ...) stays NaN and
+    makes the mean NaN: a collapsed model must show up in the score, not be averaged away. The
+    NaN columns are listed under "nan" with the reason; scipy's ConstantInputWarning is silenced
+    because the report says it instead.
+    """
+    from scipy.stats import pearsonr
+    try:
+        from scipy.stats import ConstantInputWarning
+    except ImportError:  # scipy < 1.9
+        ConstantInputWarning = RuntimeWarning  # noqa: N806
+    import warnings
+
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if pred.shape != true.shape or pred.ndim != 2 or pred.shape[1] != len(names):
+        raise ValueError(f"pred {pred.shape} and true {true.shape} must both be (N, {len(names)})")
+    per_emotion, nan = {}, []
+    for j, name in enumerate(names):
+        reason = _nan_reason(pred[:, j], true[:, j])
+        if reason is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConstantInputWarning)
+                r = float(pearsonr(pred[:, j], true[:, j])[0])
+            reason = None if np.isfinite(r) else "undefined correlation"
+        else:
+            r = float("nan")
+        per_emotion[name] = r
+        if reason is not None:
+            nan.append({"emotion": name, "reason": reason})
+    return {"per_emotion": per_emotion, "mean": float(np.mean(list(per_emotion.values()))),
+            "nan": nan, "samples": int(len(pred))}

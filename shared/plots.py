@@ -60,3 +60,58 @@ def confusion_matrix_figure(matrix, class_names: list[str], path: str | Path, ti
         ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def bar_chart(values: dict[str, float], path: str | Path, title: str = "", ylabel: str = "") -> np.ndarray:
+    """One bar per name (NaN drawn as a hatched empty bar, never as zero)."""
+    names, heights = list(values), [values[n] for n in values]
+    fig, ax = plt.subplots(figsize=(1.0 * len(names) + 2, 3.6))
+    finite = [0.0 if np.isnan(h) else h for h in heights]
+    bars = ax.bar(names, finite, color=["#9ecae1" if np.isnan(h) else "#3182bd" for h in heights])
+    for bar, h in zip(bars, heights):
+        label = "NaN" if np.isnan(h) else f"{h:.3f}"
+        if np.isnan(h):
+            bar.set_hatch("//")
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def scatter_grid(pred: np.ndarray, true: np.ndarray, names: list[str], path: str | Path, title: str = "") -> np.ndarray:
+    """Predicted against true, one panel per output column, with the identity line."""
+    n = len(names)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.scatter(true[:, i], pred[:, i], s=6, alpha=0.5)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(names[i], fontsize=9)
+        ax.set_xlabel("true", fontsize=8)
+        ax.set_ylabel("predicted", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def learning_curves(rows: list[dict], keys: list[str], path: str | Path, title: str = "") -> np.ndarray:
+    """Logged metrics against the step, one line per key present in the rows."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

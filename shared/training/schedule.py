@@ -26,3 +26,10 @@ def set_lr(optimizer, lr: float) -> None:
     """Set every group's lr; a group's `lr_scale` (layer-wise decay) multiplies it."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def cosine_restarts(step: int, *, peak: float, period: int, min_lr: float = 0.0) -> float:
+    """CosineAnnealingWarmRestarts (T_mult 1) per step: a half-cosine from peak to min_lr,
+    restarted every `period` steps."""
+    t = step % max(period, 1)
+    return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / max(period, 1)))

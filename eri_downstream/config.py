@@ -1,0 +1,38 @@
+"""Stage 3b configuration: modalities and sizes, the feature store, the paper's recipe, CV."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.training.config import OptimConfig, RunConfig
+
+
+@dataclass
+class ModelSection:
+    modalities: list[str] = field(default_factory=lambda: ["visual", "audio", "text"])
+    overrides: dict[str, Any] = field(default_factory=dict)  # any ERIModelConfig field (sizes, temporal_se, ...)
+
+
+@dataclass
+class DataSection:
+    store: str = ""  # the feature store written by eri_downstream/extract.py
+    k: int = 32  # frames per video, one per segment
+    temporal_augmentation: bool = True  # training: a random frame per segment (else the centre)
+    max_audio_steps: int | None = None  # the public code's 800; None: all HuBERT steps
+    batch_size: int = 16
+    num_workers: int = 2
+    mixup: float = 0.2  # Beta(alpha, alpha) mixup of features and labels; 0: off
+
+
+@dataclass
+class ERIConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, min_lr=1e-7, weight_decay=0.01,
+                                                                   betas=(0.9, 0.999)))
+    epochs: int = 50
+    restart_epochs: int = 5  # CosineAnnealingWarmRestarts period
+    patience: int = 10  # early stopping: epochs without a better validation mean Pearson
+    ema_decay: float | None = 0.999
+    folds: int = 0  # 0: train on train, select on val; N: N-fold CV over train + val, ensembled
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/eri", total_steps=0, log_every=20))

@@ -1,0 +1,95 @@
+"""Cross-validation folds over train + val, and the challenge's submission file.
+
+The paper's 5-fold CV pools the train and val videos (test never: it has no labels and is what
+the ensemble predicts). Submissions are CSV: `File_ID` bracketed as ABAW5 spells it
+("[00123]", zeros kept), then the 7 emotions in EMOTIONS order, no index column.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.model_selection import KFold
+
+from eri_downstream.dataset import EMOTIONS, VideoEntry
+from shared.errors import UserError
+
+SUBMISSION_COLUMNS = ["File_ID", *EMOTIONS]
+
+
+def cv_folds(entries: Sequence[VideoEntry], n_folds: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """(train ids, held-out ids) per fold over the labelled train + val videos.
+
+    Test videos and any unlabelled video are left out. Ids are sorted before the seeded
+    shuffle, so the folds depend only on the set of videos and the seed, not on the order the
+    caller lists them in; every pooled video is held out exactly once.
+    """
+    pool = sorted(e.file_id for e in entries if e.split in ("train", "val") and e.labels is not None)
+    if n_folds < 2 or n_folds > len(pool):
+        raise UserError(f"{n_folds}-fold cross-validation needs 2 <= folds <= {len(pool)} "
+                        "(the labelled train + val videos)")
+    splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [([pool[i] for i in train], [pool[i] for i in held])
+            for train, held in splitter.split(np.arange(len(pool)))]
+
+
+def _bare(file_id: str) -> str:
+    return str(file_id).strip().removeprefix("[").removesuffix("]").strip()
+
+
+def write_submission(path: str | Path, file_ids: Sequence[str], predictions: np.ndarray) -> Path:
+    """predictions (N, 7) in EMOTIONS order -> the challenge CSV, values clipped to [0, 1]
+    (the label range) with 6 decimals; ids may be bare or bracketed. Written atomically."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    ids = [_bare(f) for f in file_ids]
+    if predictions.shape != (len(ids), len(EMOTIONS)):
+        raise ValueError(f"predictions {predictions.shape} do not match ({len(ids)}, {len(EMOTIONS)})")
+    if not np.isfinite(predictions).all():
+        raise ValueError("predictions contain NaN or inf; a submission needs a number for every cell")
+    if len(set(ids)) != len(ids):
+        raise ValueError("file_ids repeat; each video must appear once")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SUBMISSION_COLUMNS)
+        for file_id, row in zip(ids, np.clip(predictions, 0.0, 1.0)):
+            writer.writerow([f"[{file_id}]", *(f"{v:.6f}" for v in row)])
+    os.replace(tmp, path)
+    return path
+
+
+def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """(bare ids, (N, 7) predictions) of a submission file, or a UserError saying what breaks
+    the format: header, bracketed ids, numbers in [0, 1], repeated ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or [c.strip() for c in rows[0]] != SUBMISSION_COLUMNS:
+        raise UserError(f"{path}: header {rows[0] if rows else []} is not {','.join(SUBMISSION_COLUMNS)} "
+                        "(exact columns and order, no index column)")
+    ids, values = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(SUBMISSION_COLUMNS):
+            raise UserError(f"{path} line {line}: {len(row)} fields, expected {len(SUBMISSION_COLUMNS)}")
+        raw = row[0].strip()
+        if not (raw.startswith("[") and raw.endswith("]") and len(raw) > 2):
+            raise UserError(f"{path} line {line}: File_ID {raw!r} is not bracketed like [00123]")
+        try:
+            numbers = [float(cell) for cell in row[1:]]
+        except ValueError:
+            raise UserError(f"{path} line {line}: a prediction is not a number") from None
+        if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in numbers):
+            raise UserError(f"{path} line {line}: predictions must be numbers in [0, 1]")
+        ids.append(_bare(raw))
+        values.append(numbers)
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{path}: a File_ID appears more than once")
+    return ids, np.array(values, dtype=np.float64).reshape(-1, len(EMOTIONS))

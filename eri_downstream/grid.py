@@ -1,0 +1,91 @@
+"""Run named configurations (the paper's Tables 2 and 4) and tabulate them beside the paper.
+
+    python -m eri_downstream.grid data.store=features                      # every table config, in sequence
+    python -m eri_downstream.grid --configs eri_downstream/configs/table2_*.yaml data.store=features
+    python -m eri_downstream.grid --collect                                # just write the table
+    sbatch --array=0-10 launch/slurm/eri_grid.sbatch data.store=features   # one config per array task
+
+Writes `<runs>/results.md` and `results.csv`: each configuration's validation mean Pearson (or
+out-of-fold mean with folds=N) next to the paper's development-set number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from shared.errors import UserError, run_cli
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PAPER = yaml.safe_load((CONFIG_DIR / "paper_results.yaml").read_text())
+TRAIN = Path(__file__).parent / "train.py"
+
+
+def table_configs() -> list[Path]:
+    return [CONFIG_DIR / f"{name}.yaml" for name in PAPER]
+
+
+def output_dir(config: Path, overrides: list[str]) -> Path:
+    for item in overrides:
+        if item.startswith("run.output_dir="):
+            return Path(item.split("=", 1)[1]) / config.stem
+    return Path(yaml.safe_load(config.read_text())["run"]["output_dir"])
+
+
+def score(run_dir: Path) -> float | None:
+    for name, key in (("cv_results.json", "out_of_fold"), ("report.json", "mean")):
+        if (run_dir / name).is_file():
+            return json.loads((run_dir / name).read_text())[key]
+    return None
+
+
+def collect(configs: list[Path], overrides: list[str], out: Path) -> str:
+    rows = []
+    for config in configs:
+        ours = score(output_dir(config, overrides))
+        rows.append((config.stem, ours, PAPER.get(config.stem)))
+    fmt = lambda v: "not run" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = ["| configuration | ours | paper (dev) |", "|---|--:|--:|"]
+    lines += [f"| {name} | {fmt(o)} | {fmt(p)} |" for name, o, p in rows]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.csv").write_text("configuration,ours,paper\n" + "".join(
+        f"{n},{'' if o is None else f'{o:.6f}'},{'' if p is None else p}\n" for n, o, p in rows))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="*", type=Path, help="default: every configuration in paper_results.yaml")
+    p.add_argument("--index", type=int, help="run only this configuration (a SLURM array task id)")
+    p.add_argument("--collect", action="store_true", help="only write the results table")
+    p.add_argument("--launcher", default=f"{shlex.quote(sys.executable)}", help="command that runs train.py")
+    p.add_argument("--results", type=Path, default=Path("runs/eri"), help="where results.md/csv go")
+    p.add_argument("overrides", nargs="*", help="key=value for every configuration, e.g. data.store=features")
+    args = p.parse_args(argv)
+    configs = args.configs or table_configs()
+    missing = [str(c) for c in configs if not c.is_file()]
+    if missing:
+        raise UserError(f"configuration file(s) not found: {', '.join(missing)}")
+    if not args.collect:
+        chosen = configs if args.index is None else [configs[args.index]]
+        for config in chosen:
+            extra = [f"run.output_dir={output_dir(config, args.overrides)}"] if any(
+                o.startswith("run.output_dir=") for o in args.overrides) else []
+            overrides = [o for o in args.overrides if not o.startswith("run.output_dir=")] + extra
+            cmd = [*shlex.split(args.launcher), str(TRAIN), "--config", str(config), "--resume", "auto", *overrides]
+            print("$", shlex.join(cmd), flush=True)
+            status = subprocess.run(cmd).returncode
+            if status:
+                return status
+    print(collect(configs, args.overrides, args.results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

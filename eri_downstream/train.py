@@ -1,0 +1,244 @@
+"""Stage 3b: the multimodal ERI model, trained from the feature store.
+
+    accelerate launch eri_downstream/train.py --config eri_downstream/configs/paper_vat.yaml data.store=features
+    accelerate launch eri_downstream/train.py --config ... folds=5          # 5-fold CV over train + val, ensembled
+    accelerate launch eri_downstream/train.py --config ... --resume auto    # after a kill
+
+Selects on the validation mean Pearson (the challenge metric: per emotion over the whole split,
+then the mean), stops early after `patience` epochs without improvement, and writes per-emotion
+reports, plots and test predictions in the submission format.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from accelerate.utils import gather_object
+from safetensors.torch import load_file, save_file
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, DistributedSampler
+
+from eri_downstream.config import ERIConfig
+from eri_downstream.data import FeatureDataset, collate, mixup
+from eri_downstream.dataset import EMOTIONS, read_table
+from eri_downstream.folds import cv_folds, write_submission
+from eri_downstream.loader import EpochLoader
+from eri_downstream.model import ERIModel, ERIModelConfig
+from shared.config import load_config, parse_cli, to_dict
+from shared.errors import UserError, run_cli
+from shared.metrics import pearson_report
+from shared.plots import bar_chart, learning_curves, scatter_grid
+from shared.stream.reading import derive_seed
+from shared.training.checkpoint import Checkpointer
+from shared.training.loop import Hook, train
+from shared.training.optim import adamw
+from shared.training.preemption import EXIT_REQUEUE, StopRequest
+from shared.training.schedule import cosine_restarts
+from shared.training.setup import init_tracking, make_accelerator
+
+log = logging.getLogger("eri_downstream.train")
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(acc, net, dataset, batch_size: int) -> dict[str, np.ndarray]:
+    """file_id -> (7,) predictions for every video of `dataset`, gathered from all ranks (the
+    sampler's padding repeats videos; they are counted once)."""
+    was_training = net.training
+    net.eval()
+    sampler = DistributedSampler(dataset, num_replicas=acc.num_processes, rank=acc.process_index, shuffle=False)
+    mine = []
+    for batch in DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate):
+        out = net(to_device(batch, acc.device)).float().cpu().numpy()
+        mine += list(zip(batch["file_id"], out))
+    net.train(was_training)
+    everyone = gather_object(mine) if acc.num_processes > 1 else mine
+    return {file_id: row for file_id, row in everyone}
+
+
+def report_for(preds: dict[str, np.ndarray], entries) -> dict:
+    labelled = [e for e in entries if e.labels is not None]
+    pred = np.stack([preds[e.file_id] for e in labelled])
+    true = np.array([e.labels for e in labelled], dtype=np.float64)
+    return {**pearson_report(pred, true, EMOTIONS), "videos": len(labelled)}
+
+
+def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_entries, out: Path,
+             resolved: dict) -> dict | int:
+    """Train on train_entries, select on val_entries; returns the result or EXIT_REQUEUE."""
+    if (out / "report.json").is_file():  # a finished fold of an earlier job
+        return json.loads((out / "report.json").read_text())
+    modalities = tuple(cfg.model.modalities)
+    # the temporal SE re-weights K frame slots: the model's frame count is the data's K
+    model = ERIModel(ERIModelConfig(modalities=modalities, **{"num_frames": cfg.data.k, **cfg.model.overrides}))
+
+    def dataset(entries, train: bool):
+        return FeatureDataset(store, entries, modalities=modalities, k=cfg.data.k,
+                              train=train and cfg.data.temporal_augmentation,
+                              max_audio_steps=cfg.data.max_audio_steps, seed=cfg.run.seed)
+
+    loader = EpochLoader(dataset(train_entries, True), batch_size=cfg.data.batch_size, collate_fn=collate,
+                         seed=cfg.run.seed, rank=acc.process_index, world_size=acc.num_processes,
+                         num_workers=cfg.data.num_workers)
+    val_set = dataset(val_entries, False)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    optimizer = adamw(model, cfg.optim, acc.device)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, device=acc.device) if cfg.ema_decay else None
+    model, optimizer = acc.prepare(model, optimizer)
+    if ema is not None:
+        acc.register_for_checkpointing(ema)
+
+    out.mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(acc, out, cfg.run.keep_last)
+    best = {"mean_pearson": -math.inf, "epoch": 0, "stale": 0}
+    start_step, state = checkpointer.restore(cfg.run.resume, loader)
+    if state is not None and (out / "best.json").is_file():
+        best = json.loads((out / "best.json").read_text())
+    if acc.is_main_process:
+        StopRequest.clear_markers(out)
+    preempt = StopRequest(acc, out, check_every=cfg.run.stop_check_every)
+
+    def loss_fn(model, batch, micro_step):
+        batch = to_device(batch, acc.device)
+        if cfg.data.mixup > 0:
+            g = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "mixup", micro_step) % 2**63)
+            batch = mixup(batch, cfg.data.mixup, g)
+        return F.mse_loss(model(batch).float(), batch["labels"]), {}
+
+    def evaluate(step):
+        net = ema.module if ema is not None else acc.unwrap_model(model)
+        report = report_for(predict(acc, net, val_set, cfg.data.batch_size), val_entries)  # same on every rank
+        epoch = step // steps_per_epoch
+        value = report["mean"] if math.isfinite(report["mean"]) else -math.inf
+        improved = value > best["mean_pearson"]
+        best.update(stale=0 if improved else best["stale"] + 1)
+        if improved:
+            best.update(mean_pearson=value, epoch=epoch, step=step)
+        if acc.is_main_process:
+            acc.log({"val/mean_pearson": report["mean"], **{f"val/{k}": v for k, v in report["per_emotion"].items()}},
+                    step=step)
+            log.info("epoch %d: validation mean Pearson %.4f%s", epoch, report["mean"], " (best)" if improved else "")
+            if improved:
+                save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "best.safetensors"))
+                (out / "best_report.json").write_text(json.dumps(report, indent=1) + "\n")
+            (out / "best.json").write_text(json.dumps(best) + "\n")
+
+    def stop(step: int) -> bool:
+        return preempt(step) or best["stale"] >= cfg.patience
+
+    period = cfg.restart_epochs * steps_per_epoch
+    step = train(acc, model, optimizer, loader, loss_fn, total_steps=total_steps,
+                 lr_at=lambda s: cosine_restarts(s, peak=cfg.optim.lr, period=period, min_lr=cfg.optim.min_lr),
+                 checkpointer=checkpointer, config=resolved, samples_per_step=cfg.data.batch_size * acc.num_processes,
+                 start_step=start_step, grad_clip=cfg.optim.grad_clip, log_every=cfg.run.log_every,
+                 save_every=cfg.run.save_every or steps_per_epoch, hooks=[Hook(steps_per_epoch, evaluate)]
+                 + ([Hook(1, lambda s: ema.update(acc.unwrap_model(model), step=s))] if ema is not None else []),
+                 metrics_file=out / "metrics.jsonl", stop=stop)
+    if preempt.stopped_at is not None and best["stale"] < cfg.patience and step < total_steps:
+        preempt.acknowledge()
+        return EXIT_REQUEUE
+    return finish_fold(cfg, acc, store, model, val_entries, test_entries, out, dataset)
+
+
+def finish_fold(cfg, acc, store, model, val_entries, test_entries, out: Path, dataset) -> dict:
+    """The best weights' validation report, plots and test predictions."""
+    net = ERIModel(acc.unwrap_model(model).config).to(acc.device)
+    net.load_state_dict(load_file(str(out / "best.safetensors")))
+    val_pred = predict(acc, net, dataset(val_entries, False), cfg.data.batch_size)
+    test_pred = predict(acc, net, dataset(test_entries, False), cfg.data.batch_size) if test_entries else {}
+    report = report_for(val_pred, val_entries)
+    report["best_epoch"] = json.loads((out / "best.json").read_text())["epoch"]
+    # the predictions too: a finished fold is read back from here when a CV job is resumed
+    result = {**report, "val_predictions": {k: v.tolist() for k, v in val_pred.items()},
+              "test_predictions": {k: v.tolist() for k, v in test_pred.items()}}
+    if acc.is_main_process:
+        (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
+        write_submission(out / "val_predictions.csv", list(val_pred), np.stack(list(val_pred.values())))
+        if test_pred:  # this model's test predictions, in the submission format
+            write_submission(out / "submission.csv", list(test_pred), np.stack(list(test_pred.values())))
+        labelled = [e for e in val_entries if e.labels is not None]
+        bar_chart(report["per_emotion"], out / "per_emotion_pearson.png",
+                  title=f"validation Pearson, mean {report['mean']:.4f}", ylabel="Pearson r")
+        scatter_grid(np.stack([val_pred[e.file_id] for e in labelled]), np.array([e.labels for e in labelled]),
+                     EMOTIONS, out / "predicted_vs_true.png", title="validation")
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        learning_curves(rows, ["loss"], out / "learning_curves.png", title="training loss (MSE)")
+    acc.wait_for_everyone()
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_cli(argv, __doc__)
+    cfg = load_config(ERIConfig, args.config, args.overrides)
+    if args.resume:
+        cfg.run.resume = args.resume
+    if not cfg.data.store:
+        raise UserError("no data: set data.store to the feature store written by eri_downstream/extract.py")
+    store = Path(cfg.data.store)
+    if not (store / "videos.csv").is_file():
+        raise UserError(f"{store}: no videos.csv; run `eri_downstream/extract.py table` (or any step) first")
+    acc = make_accelerator(cfg.run)
+    run_dir = Path(cfg.run.output_dir)
+    resolved = to_dict(cfg)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    init_tracking(acc, cfg.run, resolved, name=run_dir.name)
+    entries = read_table(store / "videos.csv")
+    by_split = {s: [e for e in entries if e.split == s] for s in ("train", "val", "test")}
+    if cfg.folds:
+        pool = by_split["train"] + by_split["val"]
+        by_id = {e.file_id: e for e in pool}
+        results = []
+        for i, (train_ids, held_ids) in enumerate(cv_folds(pool, cfg.folds, seed=cfg.run.seed)):
+            result = run_fold(cfg, acc, store, [by_id[f] for f in train_ids], [by_id[f] for f in held_ids],
+                              by_split["test"], run_dir / f"fold_{i}", resolved)
+            if result == EXIT_REQUEUE:
+                return EXIT_REQUEUE
+            results.append(result)
+        summary = cv_summary(results, pool, run_dir, acc)
+    else:
+        result = run_fold(cfg, acc, store, by_split["train"], by_split["val"], by_split["test"], run_dir, resolved)
+        if result == EXIT_REQUEUE:
+            return EXIT_REQUEUE
+        summary = {"mean_pearson": result["mean"]}
+    if acc.is_main_process:
+        log.info("done: %s", json.dumps(summary))
+    acc.end_training()
+    return 0
+
+
+def cv_summary(results: list[dict], pool, run_dir: Path, acc) -> dict:
+    """Table 1 of the paper as output: each fold's held-out mean Pearson, the pooled
+    out-of-fold score, and the fold models' ensemble on the test split."""
+    oof = {k: np.array(v) for r in results for k, v in r["val_predictions"].items()}
+    pooled = report_for(oof, pool)
+    summary = {"folds": [r["mean"] for r in results], "out_of_fold": pooled["mean"],
+               "per_emotion_out_of_fold": pooled["per_emotion"]}
+    if acc.is_main_process:
+        lines = ["| fold | mean Pearson |", "|---|--:|"] + [f"| {i} | {m:.4f} |" for i, m in enumerate(summary["folds"])]
+        lines.append(f"| out of fold (all train + val) | {pooled['mean']:.4f} |")
+        (run_dir / "cv_results.md").write_text("\n".join(lines) + "\n")
+        with open(run_dir / "cv_results.csv", "w") as f:
+            f.write("fold,mean_pearson\n" + "".join(f"{i},{m:.6f}\n" for i, m in enumerate(summary["folds"]))
+                    + f"out_of_fold,{pooled['mean']:.6f}\n")
+        if results and results[0]["test_predictions"]:
+            ids = list(results[0]["test_predictions"])
+            ensemble = np.mean([[r["test_predictions"][i] for i in ids] for r in results], axis=0)
+            write_submission(run_dir / "submission.csv", ids, ensemble)
+        (run_dir / "cv_results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
