@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from eri_downstream.dataset import EMOTIONS, VideoEntry, read_table
 from eri_downstream.store import FEATURE_STEPS, FeatureStore
@@ -140,11 +141,50 @@ class FeatureDataset(Dataset):
         return item
 
 
+class FaceFrameDataset(FeatureDataset):
+    """FeatureDataset whose visual input is the stored face crops themselves: uint8
+    (K, 3, S, S) sampled frames, for training end to end through the frozen encoder with the
+    paper's image augmentation (RandomRotation, RandomHorizontalFlip, ColorJitter), which a
+    feature cache cannot give. Audio and text still come from the cache.
+
+    The augmentation draws one set of parameters per video (torchvision v2 treats the K frames
+    as a batch), from the torch RNG seeded by the item's own seed: reproducible in any worker
+    and after a resume, and leaving the training process's RNG untouched.
+    """
+
+    def __init__(self, *args, augment: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.augment = augment and self.train
+        self.transform = v2.Compose([v2.RandomRotation(10), v2.RandomHorizontalFlip(),
+                                     v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)])
+
+    def _load(self, modality: str, file_id: str) -> torch.Tensor:
+        if modality != "visual":
+            return super()._load(modality, file_id)
+        from eri_downstream.faces import load_face_track  # video stack only where frames are used
+        path = self.store.faces(file_id)
+        if not path.is_file():
+            raise UserError(f"{path} is missing: run `eri_downstream/extract.py faces --store {self.store.root}`")
+        track = load_face_track(path)
+        if track.status != "ok" or len(track.crops) == 0:  # no face at all: one black frame
+            return torch.zeros(1, 3, track.size, track.size, dtype=torch.uint8)
+        return torch.from_numpy(track.crops).permute(0, 3, 1, 2).contiguous()  # (T, 3, S, S) uint8
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        if self.augment and "visual" in item:
+            seed = random.Random(f"{self.seed}/{self.epoch}/{index}/augment").getrandbits(63)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                item["visual"] = self.transform(item["visual"])
+        return item
+
+
 # -- batching --------------------------------------------------------------------------------
 def _pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T_max, D) zero-padded features and (B, T_max) bool mask, True on real steps."""
+    """(B, T_max, ...) zero-padded steps and (B, T_max) bool mask, True on real steps."""
     longest = max(len(s) for s in sequences)
-    padded = sequences[0].new_zeros(len(sequences), longest, sequences[0].shape[1])
+    padded = sequences[0].new_zeros(len(sequences), longest, *sequences[0].shape[1:])
     mask = torch.zeros(len(sequences), longest, dtype=torch.bool)
     for i, s in enumerate(sequences):
         padded[i, :len(s)] = s

@@ -25,7 +25,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler
 
 from eri_downstream.config import ERIConfig
-from eri_downstream.data import FeatureDataset, collate, mixup
+from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate, mixup
 from eri_downstream.dataset import EMOTIONS, read_table
 from eri_downstream.folds import cv_folds, write_submission
 from eri_downstream.loader import EpochLoader
@@ -36,6 +36,7 @@ from shared.metrics import pearson_report
 from shared.plots import bar_chart, learning_curves, scatter_grid
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
+from shared.training.images import normalize
 from shared.training.loop import Hook, train
 from shared.training.optim import adamw
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
@@ -49,8 +50,31 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+class VisualFront:
+    """End to end: face crops (B, K, 3, S, S) uint8 -> frozen-encoder features (B, K, D) on the
+    device, the same computation as `extract.py visual` (so, without augmentation, the cache's
+    features up to its float16 rounding)."""
+
+    def __init__(self, folder: str, device):
+        from shared.encoders import load_frozen_encoder
+        self.encoder, self.info = load_frozen_encoder(folder)
+        self.encoder.to(device)
+        self.device, self.size = device, self.info.input_size[-1]
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> dict:
+        frames = batch["visual"]
+        b, k = frames.shape[:2]
+        x = normalize(frames.flatten(0, 1), self.info.mean, self.info.std, self.device)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            features = self.encoder(x).float()
+        return {**batch, "visual": features.view(b, k, -1)}  # (B, K, D)
+
+
 @torch.no_grad()
-def predict(acc, net, dataset, batch_size: int) -> dict[str, np.ndarray]:
+def predict(acc, net, dataset, batch_size: int, front=None) -> dict[str, np.ndarray]:
     """file_id -> (7,) predictions for every video of `dataset`, gathered from all ranks (the
     sampler's padding repeats videos; they are counted once)."""
     was_training = net.training
@@ -58,7 +82,8 @@ def predict(acc, net, dataset, batch_size: int) -> dict[str, np.ndarray]:
     sampler = DistributedSampler(dataset, num_replicas=acc.num_processes, rank=acc.process_index, shuffle=False)
     mine = []
     for batch in DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate):
-        out = net(to_device(batch, acc.device)).float().cpu().numpy()
+        batch = to_device(batch, acc.device)
+        out = net(front(batch) if front is not None and "visual" in batch else batch).float().cpu().numpy()
         mine += list(zip(batch["file_id"], out))
     net.train(was_training)
     everyone = gather_object(mine) if acc.num_processes > 1 else mine
@@ -78,13 +103,21 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
     if (out / "report.json").is_file():  # a finished fold of an earlier job
         return json.loads((out / "report.json").read_text())
     modalities = tuple(cfg.model.modalities)
-    # the temporal SE re-weights K frame slots: the model's frame count is the data's K
-    model = ERIModel(ERIModelConfig(modalities=modalities, **{"num_frames": cfg.data.k, **cfg.model.overrides}))
+    front = None
+    derived = {"num_frames": cfg.data.k}  # the temporal SE re-weights K frame slots: the data's K
+    if cfg.data.end_to_end and "visual" in modalities:
+        if not cfg.data.encoder:
+            raise UserError("data.end_to_end needs data.encoder: the frozen encoder folder (stage-2 export)")
+        front = VisualFront(cfg.data.encoder, acc.device)
+        derived["visual_dim"] = front.info.embed_dim
+    model = ERIModel(ERIModelConfig(modalities=modalities, **{**derived, **cfg.model.overrides}))
 
     def dataset(entries, train: bool):
-        return FeatureDataset(store, entries, modalities=modalities, k=cfg.data.k,
-                              train=train and cfg.data.temporal_augmentation,
-                              max_audio_steps=cfg.data.max_audio_steps, seed=cfg.run.seed)
+        common = dict(modalities=modalities, k=cfg.data.k, train=train and cfg.data.temporal_augmentation,
+                      max_audio_steps=cfg.data.max_audio_steps, seed=cfg.run.seed)
+        if front is not None:  # image augmentation only while training, never at evaluation
+            return FaceFrameDataset(store, entries, augment=train and cfg.data.image_augmentation, **common)
+        return FeatureDataset(store, entries, **common)
 
     loader = EpochLoader(dataset(train_entries, True), batch_size=cfg.data.batch_size, collate_fn=collate,
                          seed=cfg.run.seed, rank=acc.process_index, world_size=acc.num_processes,
@@ -110,6 +143,8 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
 
     def loss_fn(model, batch, micro_step):
         batch = to_device(batch, acc.device)
+        if front is not None:
+            batch = front(batch)
         if cfg.data.mixup > 0:
             g = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "mixup", micro_step) % 2**63)
             batch = mixup(batch, cfg.data.mixup, g)
@@ -117,7 +152,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
 
     def evaluate(step):
         net = ema.module if ema is not None else acc.unwrap_model(model)
-        report = report_for(predict(acc, net, val_set, cfg.data.batch_size), val_entries)  # same on every rank
+        report = report_for(predict(acc, net, val_set, cfg.data.batch_size, front), val_entries)  # same on every rank
         epoch = step // steps_per_epoch
         value = report["mean"] if math.isfinite(report["mean"]) else -math.inf
         improved = value > best["mean_pearson"]
@@ -147,15 +182,15 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
     if preempt.stopped_at is not None and best["stale"] < cfg.patience and step < total_steps:
         preempt.acknowledge()
         return EXIT_REQUEUE
-    return finish_fold(cfg, acc, store, model, val_entries, test_entries, out, dataset)
+    return finish_fold(cfg, acc, model, val_entries, test_entries, out, dataset, front)
 
 
-def finish_fold(cfg, acc, store, model, val_entries, test_entries, out: Path, dataset) -> dict:
+def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, front) -> dict:
     """The best weights' validation report, plots and test predictions."""
     net = ERIModel(acc.unwrap_model(model).config).to(acc.device)
     net.load_state_dict(load_file(str(out / "best.safetensors")))
-    val_pred = predict(acc, net, dataset(val_entries, False), cfg.data.batch_size)
-    test_pred = predict(acc, net, dataset(test_entries, False), cfg.data.batch_size) if test_entries else {}
+    val_pred = predict(acc, net, dataset(val_entries, False), cfg.data.batch_size, front)
+    test_pred = predict(acc, net, dataset(test_entries, False), cfg.data.batch_size, front) if test_entries else {}
     report = report_for(val_pred, val_entries)
     report["best_epoch"] = json.loads((out / "best.json").read_text())["epoch"]
     # the predictions too: a finished fold is read back from here when a CV job is resumed

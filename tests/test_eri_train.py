@@ -108,3 +108,50 @@ def test_grid_tabulates_configurations_beside_the_paper(store, tmp_path):
     assert set(rows) == {"table2_v", "mine_va"}
     assert rows["table2_v"]["paper"] == "0.3925" and rows["mine_va"]["paper"] == ""
     assert all(rows[n]["ours"] for n in rows) and "| table2_v |" in proc.stdout
+
+
+def _face_track(crops):
+    from eri_downstream.faces import FaceTrack
+    t = len(crops)
+    return FaceTrack(crops=crops, times=np.arange(t) / 6.0, frame_indices=np.arange(t) * 5,
+                     boxes=np.tile([0.0, 0.0, 32.0, 32.0], (t, 1)), scores=np.ones(t), detected=np.ones(t, bool),
+                     filled_from=-np.ones(t, dtype=np.int64), status="ok", source_fps=30.0, detector="test")
+
+
+def test_end_to_end_mode_reads_the_face_crops_through_the_frozen_encoder(store, tiny_encoder, tmp_path):
+    """Face tracks for the synthetic store; without augmentation the end-to-end visual input
+    equals the cache `extract.py visual` writes (up to its float16), and training runs."""
+    import shutil
+    from types import SimpleNamespace
+    from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate
+    from eri_downstream.dataset import read_table
+    from eri_downstream.faces import save_face_track
+    from eri_downstream.steps import visual_step
+    from eri_downstream.train import VisualFront
+    root = tmp_path / "store"
+    shutil.copytree(store, root, ignore=shutil.ignore_patterns("visual"))
+    fs, rng = FeatureStore(root), np.random.default_rng(1)
+    entries = read_table(fs.table)
+    for entry in entries:
+        save_face_track(_face_track(rng.integers(0, 256, (int(rng.integers(9, 15)), 32, 32, 3), dtype=np.uint8)),
+                        fs.faces(entry.file_id))
+    step = visual_step(fs, SimpleNamespace(encoder=str(tiny_encoder), batch_size=16), torch.device("cpu"))
+    for entry in entries:
+        step.work(entry)
+
+    frames = FaceFrameDataset(fs, entries[:4], modalities=["visual"], k=8, train=False)
+    cached = FeatureDataset(fs, entries[:4], modalities=["visual"], k=8, train=False)
+    batch = collate([frames[i] for i in range(4)])
+    assert batch["visual"].dtype == torch.uint8 and batch["visual"].shape == (4, 8, 3, 32, 32)
+    encoded = VisualFront(str(tiny_encoder), torch.device("cpu"))(batch)["visual"]
+    expected = collate([cached[i] for i in range(4)])["visual"]
+    assert torch.allclose(encoded, expected, atol=2e-2, rtol=1e-2)
+    augmented = FaceFrameDataset(fs, entries[:1], modalities=["visual"], k=8, train=True)
+    assert torch.equal(augmented[0]["visual"], augmented[0]["visual"])  # reproducible per item and epoch
+    assert not torch.equal(augmented[0]["visual"], frames[0]["visual"])
+
+    out = tmp_path / "e2e"
+    run_stage(SCRIPT, *tiny(root, out, "epochs=2", "data.end_to_end=true", f"data.encoder={tiny_encoder}",
+                            "model.overrides={audio_dim: 8, text_dim: 8}"))
+    report = json.loads((out / "report.json").read_text())
+    assert report["videos"] == 16 and len(report["per_emotion"]) == 7
