@@ -198,6 +198,8 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
               "test_predictions": {k: v.tolist() for k, v in test_pred.items()}}
     if acc.is_main_process:
         (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
+        table = ["| emotion | Pearson r |", "|---|--:|"] + [f"| {k} | {v:.4f} |" for k, v in report["per_emotion"].items()]
+        (out / "per_emotion.md").write_text("\n".join(table + [f"| **mean** | **{report['mean']:.4f}** |"]) + "\n")
         write_submission(out / "val_predictions.csv", list(val_pred), np.stack(list(val_pred.values())))
         if test_pred:  # this model's test predictions, in the submission format
             write_submission(out / "submission.csv", list(test_pred), np.stack(list(test_pred.values())))

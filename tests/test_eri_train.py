@@ -56,6 +56,7 @@ def test_learns_reports_plots_and_writes_a_submission(store, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["videos"] == 16 and set(report["per_emotion"]) == set(EMOTIONS)
     assert report["mean"] > 0.5, report
+    assert f"| **mean** | **{report['mean']:.4f}** |" in (out / "per_emotion.md").read_text()
     for png in ("per_emotion_pearson.png", "predicted_vs_true.png", "learning_curves.png"):
         assert (out / png).stat().st_size > 5000
     ids, preds = read_submission(out / "submission.csv")
