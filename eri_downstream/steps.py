@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from eri_downstream.dataset import VideoEntry
 from eri_downstream.store import FeatureStore, fingerprint_files, text_hash
 from shared.errors import UserError
-from shared.training.images import normalize
 
 log = logging.getLogger("eri_downstream.extract")
 STEPS = ("faces", "visual", "audio", "transcripts", "text")
@@ -77,34 +75,25 @@ def faces_step(store: FeatureStore, args, device) -> Step:
 
 def visual_step(store: FeatureStore, args, device) -> Step:
     from eri_downstream.faces import load_face_track
-    from shared.encoders import load_frozen_encoder
+    from eri_downstream.visual import FrameEncoder
     if not args.encoder:
         raise UserError("the visual step needs --encoder: the stage-2 export folder (e.g. runs/.../best/encoder)")
     folder = Path(args.encoder)
-    encoder, info = load_frozen_encoder(folder)
-    encoder.to(device)
+    encode = FrameEncoder(folder, device)
     weights = [p for p in sorted(folder.iterdir()) if p.suffix == ".safetensors"] + [folder / "config.json"]
     fingerprint = fingerprint_files(*weights)
-    size = info.input_size[-1]
 
-    @torch.no_grad()
     def work(entry: VideoEntry) -> str:
         if not store.faces(entry.file_id).is_file():
             raise FileNotFoundError("no face track: run the faces step first")
         track = load_face_track(store.faces(entry.file_id))
         meta = dict(source=str(folder), fingerprint=fingerprint)
         if track.status != "ok":
-            store.save("visual", entry.file_id, torch.zeros(1, info.embed_dim), status=track.status, **meta)
+            store.save("visual", entry.file_id, torch.zeros(1, encode.info.embed_dim), status=track.status, **meta)
             return track.status
         frames = torch.from_numpy(track.crops).permute(0, 3, 1, 2)  # (T, 3, S, S) uint8
-        features = []
-        for batch in frames.split(args.batch_size):
-            x = normalize(batch, info.mean, info.std, device)
-            if x.shape[-1] != size:
-                x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                features.append(encoder(x).float())
-        store.save("visual", entry.file_id, torch.cat(features), status="ok", **meta)  # (T, D)
+        features = torch.cat([encode(batch) for batch in frames.split(args.batch_size)])  # (T, D)
+        store.save("visual", entry.file_id, features, status="ok", **meta)
         return "ok"
     return Step(lambda e: store.is_current("visual", e.file_id, fingerprint=fingerprint), work)
 

@@ -30,13 +30,13 @@ from eri_downstream.dataset import EMOTIONS, read_table
 from eri_downstream.folds import cv_folds, write_submission
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import ERIModel, ERIModelConfig
+from eri_downstream.visual import FrameEncoder
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
 from shared.metrics import pearson_report
 from shared.plots import bar_chart, learning_curves, scatter_grid
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
-from shared.training.images import normalize
 from shared.training.loop import Hook, train
 from shared.training.optim import adamw
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
@@ -52,25 +52,16 @@ def to_device(batch: dict, device) -> dict:
 
 class VisualFront:
     """End to end: face crops (B, K, 3, S, S) uint8 -> frozen-encoder features (B, K, D) on the
-    device, the same computation as `extract.py visual` (so, without augmentation, the cache's
-    features up to its float16 rounding)."""
+    device, through the FrameEncoder that also makes the visual cache."""
 
     def __init__(self, folder: str, device):
-        from shared.encoders import load_frozen_encoder
-        self.encoder, self.info = load_frozen_encoder(folder)
-        self.encoder.to(device)
-        self.device, self.size = device, self.info.input_size[-1]
+        self.encode = FrameEncoder(folder, device)
+        self.info = self.encode.info
 
-    @torch.no_grad()
     def __call__(self, batch: dict) -> dict:
         frames = batch["visual"]
         b, k = frames.shape[:2]
-        x = normalize(frames.flatten(0, 1), self.info.mean, self.info.std, self.device)
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            features = self.encoder(x).float()
-        return {**batch, "visual": features.view(b, k, -1)}  # (B, K, D)
+        return {**batch, "visual": self.encode(frames.flatten(0, 1)).view(b, k, -1)}  # (B, K, D)
 
 
 @torch.no_grad()

@@ -26,11 +26,10 @@ import yaml
 
 from pretrain_mae.model import MaskedAutoencoder, build_mae, encoder_config, list_models
 from shared.checkpoints import DECODER_PREFIXES, LoadReport, load_into, load_state_dict_file
+from shared.encoders import IMAGENET_MEAN, IMAGENET_STD
 from shared.errors import UserError, run_cli
 from shared.export import read_safetensors, save_safetensors, save_timm_folder
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what the official MAE checkpoints were trained with
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def mae_encoder(mae: MaskedAutoencoder) -> torch.nn.Module:

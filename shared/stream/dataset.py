@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import order
 from .decode import Augment, decode_sample
-from .reading import ErrorLog, derive_seed
+from .reading import ErrorLog, derive_seed, placeholder
 from .sources import Source, class_subset
 from ..errors import UserError
 from ..shards.leakage import read_exclusions
@@ -103,7 +103,7 @@ class _Workers(IterableDataset):
             while len(images) < cfg.batch_size:
                 sample = next(raw, None)
                 if sample is None:  # exact mode: the slot's share is used up; pad
-                    sample = {"__key__": "", "__placeholder__": "padding"}
+                    sample = placeholder("padding")
                 else:
                     cursor += 1
                 rng = random.Random(derive_seed(cfg.seed, "augment", self.rank, worker, pos.epoch, cursor))
