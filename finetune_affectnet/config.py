@@ -34,6 +34,9 @@ class DataSection:
     eval_batch_size: int = 128
     num_workers: int = 8
     shuffle_buffer: int = 2000
+    # balance=none|loss: fix the lanes of the exact pass (a multiple of processes x workers) and a
+    # run on N processes sees the batches a 1-process run sees with N times the batch
+    lanes: int | None = None
     image_size: int | None = None  # default: the encoder's input size
     scale: tuple[float, float] = (0.08, 1.0)
     interpolation: str = "bicubic"

@@ -48,7 +48,8 @@ def build_streams(cfg: DataSection, *, image_size: int, mean, seed: int, rank: i
         train_cfg = StreamConfig(mode="resampled", batch_size=cfg.batch_size, batches_per_epoch=batches,
                                  balance_classes=True, augment=train_aug, **common)
     elif cfg.balance in ("none", "loss"):
-        train_cfg = StreamConfig(mode="exact", batch_size=cfg.batch_size, shuffle=True, augment=train_aug, **common)
+        train_cfg = StreamConfig(mode="exact", batch_size=cfg.batch_size, shuffle=True, lanes=cfg.lanes,
+                                 augment=train_aug, **common)
     else:
         raise UserError(f"data.balance={cfg.balance!r}; expected none, sampling or loss")
     eval_aug = Augment(kind="eval", size=image_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)

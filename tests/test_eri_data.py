@@ -15,9 +15,48 @@ from scipy.stats import pearsonr
 from eri_downstream.data import FeatureDataset, collate, mixup, segment_indices
 from eri_downstream.dataset import EMOTIONS, VideoEntry, read_table, write_table
 from eri_downstream.folds import cv_folds, read_submission, write_submission
+from eri_downstream.loader import EpochLoader
 from eri_downstream.store import FeatureStore
 from shared.errors import UserError
 from shared.metrics import pearson_report
+
+
+# -- epochs over ranks --------------------------------------------------------------------------
+def _ids(batch):
+    return batch.tolist()
+
+
+@pytest.mark.parametrize("size", [21, 24, 3])
+def test_ranks_side_by_side_are_the_one_process_batches(size):
+    data = list(range(size))
+    one = EpochLoader(data, batch_size=8, collate_fn=torch.tensor, seed=5, rank=0, world_size=1)
+    two = [EpochLoader(data, batch_size=4, collate_fn=torch.tensor, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    for _epoch in range(2):
+        got_one, got_two = [_ids(b) for b in one], [[_ids(b) for b in loader] for loader in two]
+        assert len(got_one) == len(got_two[0]) == len(got_two[1]) == len(one)
+        assert got_one == [a + b for a, b in zip(*got_two)]
+        assert all(len(b) == 8 for b in got_one)  # padded to whole global batches
+        assert set(sum(got_one, [])) == set(data)
+    assert [_ids(b) for b in one] != got_one  # the next epoch is shuffled anew
+
+
+def test_epoch_loader_resumes_after_any_batch():
+    data = list(range(30))
+    whole = EpochLoader(data, batch_size=4, collate_fn=torch.tensor, seed=1, rank=1, world_size=2)
+    expected = [_ids(b) for _ in range(2) for b in whole]
+    for stop in (1, 3, 4, 5):
+        first = EpochLoader(data, batch_size=4, collate_fn=torch.tensor, seed=1, rank=1, world_size=2)
+        seen = []
+        for b in first:
+            seen.append(_ids(b))
+            if len(seen) == stop:
+                break
+        resumed = EpochLoader(data, batch_size=4, collate_fn=torch.tensor, seed=1, rank=1, world_size=2)
+        resumed.load_state_dict(first.state_dict())
+        rest = []
+        while len(seen) + len(rest) < len(expected):
+            rest += [_ids(b) for b in resumed]
+        assert seen + rest == expected, stop
 
 
 # -- segment sampling ------------------------------------------------------------------------

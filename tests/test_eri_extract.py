@@ -95,12 +95,24 @@ def test_all_steps_then_resume_then_stale_caches(setup, tiny_encoder, tmp_path):
     assert {p.parent.name for p in changed} == {"visual", "text"}
 
 
-def test_two_processes_share_the_videos(setup, tiny_encoder, tmp_path):
+def test_two_processes_share_the_videos_and_write_what_one_writes(setup, tiny_encoder, tmp_path):
     planted, models, _ = setup
-    store = tmp_path / "store2"
-    run_stage(SCRIPT, "audio", *args(planted, models, store, tiny_encoder), processes=2)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_stage(SCRIPT, "all", *args(planted, models, two, tiny_encoder), processes=2)
+    run_stage(SCRIPT, "all", *args(planted, models, one, tiny_encoder))
     ids = sorted(i for split in planted.ids.values() for i in split)
-    assert sorted(p.stem for p in (store / "audio").glob("*.safetensors")) == ids
+    for step in ("visual", "audio", "text"):
+        assert sorted(p.stem for p in (two / step).glob("*.safetensors")) == ids, step
+        for file_id in ids:
+            (a, meta_a), (b, meta_b) = features(one, step, file_id), features(two, step, file_id)
+            assert a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-3), (step, file_id)
+            assert meta_a["status"] == meta_b["status"]
+    for file_id in ids:
+        assert _tar_member(one / "faces" / f"{file_id}.tar", "track.json") == \
+            _tar_member(two / "faces" / f"{file_id}.tar", "track.json")
+    assert (one / "transcripts.csv").read_text() == (two / "transcripts.csv").read_text()
+    with open(two / "videos.csv", newline="") as f:
+        assert sorted(row["file_id"] for row in csv.DictReader(f)) == ids
 
 
 def test_bad_input_is_one_line(tmp_path):

@@ -95,6 +95,31 @@ def test_resume_after_a_signal_gives_the_same_losses(store, tmp_path):
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-6), step
 
 
+def test_two_processes_match_one_and_evaluate_every_video_once(store, tmp_path):
+    """Dropout and mixup draw from each rank's own RNG; without them, 2 x 4 is 1 x 8."""
+    from safetensors.torch import load_file
+    no_dropout = "model.overrides={visual_dim: 16, audio_dim: 8, text_dim: 8, dropout: 0.0, branch_dropout: 0.0}"
+    args = ("epochs=3", "data.mixup=0", no_dropout, "run.save_every=1000")
+    run_stage(SCRIPT, *tiny(store, tmp_path / "one", *args))
+    run_stage(SCRIPT, *tiny(store, tmp_path / "two", *args, "data.batch_size=4"), processes=2)
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 16))  # 40 videos / 8 per step = 5 steps per epoch
+    for step in one:
+        assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-5), step
+    a, b = (load_file(tmp_path / run / "best.safetensors") for run in ("one", "two"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    state = tmp_path / "two" / "checkpoints" / "step_00000015"
+    ranks = [json.loads((state / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # identical parameters on every rank
+    for run in ("one", "two"):
+        report = json.loads((tmp_path / run / "report.json").read_text())
+        assert report["videos"] == 16 and len(report["val_predictions"]) == 16  # 16 / 2 ranks: no padding repeats
+        ids, _ = read_submission(tmp_path / run / "submission.csv")
+        assert len(ids) == len(set(ids)) == 8
+    reports = [json.loads((tmp_path / run / "report.json").read_text()) for run in ("one", "two")]
+    assert reports[1]["mean"] == pytest.approx(reports[0]["mean"], abs=1e-4)
+
+
 def test_grid_tabulates_configurations_beside_the_paper(store, tmp_path):
     import yaml
     configs = []

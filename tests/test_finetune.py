@@ -82,6 +82,27 @@ def test_two_processes_evaluate_every_face_once(tiny_encoder, expression_shards,
         assert report["samples"] == 40 and sum(map(sum, report["confusion_matrix"])) == 40
 
 
+def test_two_processes_match_one_with_the_same_global_batch(tiny_encoder, expression_shards, tmp_path):
+    from safetensors.torch import load_file
+    common = ("run.total_steps=6", "eval.every=6", "run.save_every=6", "data.balance=none", "data.lanes=2",
+              "data.auto_augment=rand-m9-mstd0.5-inc1", "optim.warmup_steps=0")
+    run_stage(SCRIPT, *tiny(tmp_path / "one", tiny_encoder, expression_shards, *common))
+    run_stage(SCRIPT, *tiny(tmp_path / "two", tiny_encoder, expression_shards, *common, "data.batch_size=8"),
+              processes=2)
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    for step in range(1, 7):
+        assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-5), step
+    a = load_file(tmp_path / "one" / "checkpoints" / "step_00000006" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "checkpoints" / "step_00000006" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    reports = [json.loads((tmp_path / run / "eval" / "step_00000006" / "model" / "report.json").read_text())
+               for run in ("one", "two")]
+    assert reports[0]["samples"] == reports[1]["samples"] == 40
+    # an 8-way classifier 6 steps from chance has near-ties, which 1e-5 noise may flip: at most one face
+    moved = np.abs(np.subtract(reports[0]["confusion_matrix"], reports[1]["confusion_matrix"])).sum()
+    assert moved <= 2
+
+
 def test_resume_continues_the_same_run(tiny_encoder, expression_shards, tmp_path):
     args = ("run.total_steps=10", "eval.every=0", "run.save_every=5", "ema_decay=0.9", "data.auto_augment=rand-m9-mstd0.5-inc1",
             "data.reprob=0.25", "data.mixup=0.8", "data.cutmix=1.0")

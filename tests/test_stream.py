@@ -123,6 +123,27 @@ def test_exact_pass_reads_every_sample_once_with_equal_batches(shards, world_siz
         assert len(keys) == len(set(keys)) and set(keys) == expected
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fixed_lanes_give_the_same_global_batches_on_any_world_size(shards, workers):
+    """Two ranks' batches side by side are one rank's batches of twice the size: same faces,
+    same augmentations (random crops and flips), in the same order, every epoch."""
+    sources = build_sources({"celeba": str(shards["celeba"]), "rec": str(shards["casia_rec"])})
+    aug = Augment(kind="finetune", size=24, scale=(0.3, 1.0))
+    cfg = dict(mode="exact", shuffle=True, num_workers=workers, lanes=4, augment=aug)
+    one = FaceStream(sources, config(batch_size=8, **cfg))
+    two = [FaceStream(sources, config(batch_size=4, **cfg), rank, 2) for rank in (0, 1)]
+    assert len(one) == len(two[0]) == len(two[1])
+    for _epoch in range(2):
+        for whole, *halves in zip(one, *two):
+            assert whole["key"] == halves[0]["key"] + halves[1]["key"]
+            assert torch.equal(whole["image"], torch.cat([h["image"] for h in halves]))
+            assert torch.equal(whole["valid"], torch.cat([h["valid"] for h in halves]))
+    with pytest.raises(UserError, match="multiple of 4"):
+        FaceStream(sources, config(batch_size=4, **{**cfg, "lanes": 6, "num_workers": 2}), 0, 2)
+    with pytest.raises(UserError, match=r"batch size 3 per rank is not a multiple"):
+        FaceStream(sources, config(batch_size=3, **cfg), 0, 1)
+
+
 def test_exact_order_is_fixed_for_evaluation_and_shuffled_for_training(shards):
     sources = build_sources({"celeba": str(shards["celeba"])})
     ev = FaceStream(sources, config(mode="exact", shuffle=False, augment=Augment(kind="eval", size=32)))

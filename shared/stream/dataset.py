@@ -40,7 +40,8 @@ class StreamConfig:
     batch_size: int = 64  # per rank
     batches_per_epoch: int | None = None  # resampled: per rank, equal on every rank
     shuffle: bool = True  # exact: shuffle each epoch (training) or keep order (evaluation)
-    shuffle_buffer: int = 2000
+    shuffle_buffer: int = 2000  # per worker in resampled mode, per lane in exact mode
+    lanes: int | None = None  # exact: fixed -> the same global batches on any number of ranks (see order)
     block_size: int = 20000  # resampled: samples per re-seeded block; bounds the cost of a resume
     seed: int = 0
     num_workers: int = 4
@@ -68,7 +69,7 @@ class StreamConfig:
 class Position:
     epoch: int = 0
     batch: int = 0  # batches of this epoch already delivered on this rank
-    cursors: list[int] = field(default_factory=list)  # raw samples each worker consumed this epoch
+    cursors: list[int] = field(default_factory=list)  # raw samples each worker (resampled) or lane consumed
 
 
 class _Workers(IterableDataset):
@@ -77,6 +78,7 @@ class _Workers(IterableDataset):
     def __init__(self, stream: "FaceStream", position: Position):
         self.sources, self.cfg = stream.sources, stream.config
         self.rank, self.world_size, self.num_slots = stream.rank, stream.world_size, stream.workers_per_rank
+        self.lanes, self.feeds = stream.lanes, stream.feeds_per_worker
         self.batches = stream.batches_per_epoch
         self.exclude, self.keep, self.repeats = stream.exclude, stream.keep, stream.repeats
         self.label_map = stream.config.label_map
@@ -89,45 +91,62 @@ class _Workers(IterableDataset):
         # slot k % W; rotating the roles makes worker 0 own the first batch after a resume.
         worker = ((info.id if info is not None else 0) + pos.batch) % self.num_slots
         errors = ErrorLog()
-        cursor = pos.cursors[worker]
-        common = dict(seed=cfg.seed, rank=self.rank, worker=worker, epoch=pos.epoch, start=cursor,
-                      shuffle_buffer=cfg.shuffle_buffer, exclude=self.exclude, errors=errors, keep=self.keep)
-        if cfg.mode == "resampled":
-            raw = order.resampled_samples(self.sources, block_size=cfg.block_size, repeats=self.repeats, **common)
-        else:
-            raw = order.exact_samples(self.sources, world_size=self.world_size, num_workers=self.num_slots,
-                                      shuffle=cfg.shuffle, **common)
+        cursors = pos.cursors[worker * self.feeds:(worker + 1) * self.feeds]
+        common = dict(seed=cfg.seed, epoch=pos.epoch, shuffle_buffer=cfg.shuffle_buffer, exclude=self.exclude,
+                      errors=errors, keep=self.keep)
+        if cfg.mode == "resampled":  # one feed per worker
+            feeds = [(order.resampled_samples(self.sources, rank=self.rank, worker=worker, start=cursors[0],
+                                              block_size=cfg.block_size, repeats=self.repeats, **common),
+                      (self.rank, worker))]
+        else:  # one feed per lane; its samples' augmentations are seeded by lane, not by rank
+            lanes = order.lane_ids(self.rank, worker, self.world_size, self.num_slots, self.lanes)
+            feeds = [(order.lane_samples(self.sources, lane=lane, lanes=self.lanes, start=start,
+                                         shuffle=cfg.shuffle, **common), ("lane", lane))
+                     for lane, start in zip(lanes, cursors)]
+        chunk = cfg.batch_size // len(feeds)
         first = pos.batch + (worker - pos.batch) % self.num_slots  # this slot's next batch index
         for _ in range(first, self.batches, self.num_slots):
             images, valid, labels, keys, metas = [], [], [], [], []
-            while len(images) < cfg.batch_size:
-                sample = next(raw, None)
-                if sample is None:  # exact mode: the slot's share is used up; pad
-                    sample = placeholder("padding")
-                else:
-                    cursor += 1
-                rng = random.Random(derive_seed(cfg.seed, "augment", self.rank, worker, pos.epoch, cursor))
-                try:
-                    image, meta, label = decode_sample(sample, cfg.augment, rng)
-                except Exception as exn:  # noqa: BLE001 - a corrupt sample is counted and skipped
-                    errors.add(f"{sample.get('__url__', '?')} {sample.get('__key__')}: {type(exn).__name__}: {exn}")
-                    if cfg.mode == "resampled":
+            for f, (raw, key) in enumerate(feeds):
+                goal = len(images) + chunk
+                while len(images) < goal:
+                    sample = next(raw, None)
+                    if sample is None:  # exact mode: the lane's share is used up; pad
+                        sample = placeholder("padding")
+                    else:
+                        cursors[f] += 1
+                    rng = random.Random(derive_seed(cfg.seed, "augment", *key, pos.epoch, cursors[f]))
+                    decoded = self._decode(sample, rng, errors)
+                    if decoded is None:
                         continue
-                    image, meta, label = None, {}, -1
-                if self.label_map is not None and image is not None:
-                    label = self.label_map[label]
-                if cfg.mode == "resampled" and meta.get("holdout"):
-                    raise RuntimeError(f"{sample.get('__url__')}: sample {sample['__key__']} is held-out evaluation data "
-                                       "and can never be used for pretraining")
-                images.append(image)
-                valid.append(image is not None)
-                labels.append(label)
-                keys.append(sample["__key__"])
-                metas.append(meta)
+                    image, meta, label = decoded
+                    images.append(image)
+                    valid.append(image is not None)
+                    labels.append(label)
+                    keys.append(sample["__key__"])
+                    metas.append(meta)
             yield {"image": _stack(images, cfg.augment.size), "valid": torch.tensor(valid),
                    "label": torch.tensor(labels, dtype=torch.int64), "key": keys, "meta": metas,
-                   "_worker": worker, "_cursor": cursor, "_errors": errors.count,
+                   "_worker": worker, "_cursors": list(cursors), "_errors": errors.count,
                    "_messages": errors.take_unreported()}
+
+    def _decode(self, sample: dict, rng: random.Random, errors: ErrorLog):
+        """(image, meta, label); for a corrupt sample None in resampled mode (skipped) and a
+        padding entry in exact mode (every slot keeps its planned size)."""
+        cfg = self.cfg
+        try:
+            image, meta, label = decode_sample(sample, cfg.augment, rng)
+        except Exception as exn:  # noqa: BLE001 - a corrupt sample is counted and skipped
+            errors.add(f"{sample.get('__url__', '?')} {sample.get('__key__')}: {type(exn).__name__}: {exn}")
+            if cfg.mode == "resampled":
+                return None
+            return None, {}, -1
+        if self.label_map is not None and image is not None:
+            label = self.label_map[label]
+        if cfg.mode == "resampled" and meta.get("holdout"):
+            raise RuntimeError(f"{sample.get('__url__')}: sample {sample['__key__']} is held-out evaluation data "
+                               "and can never be used for pretraining")
+        return image, meta, label
 
 
 def _as_is(batch: dict) -> dict:
@@ -172,16 +191,26 @@ class FaceStream:
             sources = self.sources = [class_subset(s, self.keep) for s in sources]
         self.repeats = balanced_repeats(sources, self.keep) if config.balance_classes else None
         if config.mode == "exact":
-            self.total, per_worker = order.exact_plan(sources, world_size, self.workers_per_rank, config.batch_size)
-            self.batches_per_epoch = per_worker * self.workers_per_rank
+            self.lanes = order.exact_lanes(world_size, self.workers_per_rank, config.lanes)
+            self.feeds_per_worker = self.lanes // (world_size * self.workers_per_rank)
+            if config.batch_size % self.feeds_per_worker:
+                raise UserError(f"batch size {config.batch_size} per rank is not a multiple of the "
+                                f"{self.feeds_per_worker} lanes each worker reads ({self.lanes} lanes)")
+            self.total, per_lane = order.exact_plan(sources, self.lanes, config.batch_size // self.feeds_per_worker)
+            self.batches_per_epoch = per_lane * self.workers_per_rank
         else:
+            self.lanes, self.feeds_per_worker = None, 1
             self.total, self.batches_per_epoch = None, int(config.batches_per_epoch)
-        self.position = Position(cursors=[0] * self.workers_per_rank)
+        self.position = Position(cursors=[0] * self.num_feeds)
         self.errors = 0
         self.error_messages: list[str] = []
 
     def __len__(self) -> int:
         return self.batches_per_epoch
+
+    @property
+    def num_feeds(self) -> int:
+        return self.workers_per_rank * self.feeds_per_worker
 
     def __iter__(self) -> Iterator[dict]:
         """Batches of the current epoch from the current position; then moves to the next epoch."""
@@ -195,7 +224,8 @@ class FaceStream:
                             prefetch_factor=self.config.prefetch_factor if self.config.num_workers else None)
         for batch in loader:
             worker = batch.pop("_worker")
-            self.position.cursors[worker] = batch.pop("_cursor")
+            k = self.feeds_per_worker
+            self.position.cursors[worker * k:(worker + 1) * k] = batch.pop("_cursors")
             count = batch.pop("_errors")
             self.errors += count - seen_errors[worker]
             seen_errors[worker] = count
@@ -205,18 +235,18 @@ class FaceStream:
                     self.error_messages.append(message)
             self.position.batch += 1
             yield batch
-        self.position = Position(self.position.epoch + 1, 0, [0] * self.workers_per_rank)
+        self.position = Position(self.position.epoch + 1, 0, [0] * self.num_feeds)
 
     def state_dict(self) -> dict:
         return {"epoch": self.position.epoch, "batch": self.position.batch, "cursors": list(self.position.cursors),
                 "errors": self.errors, "mode": self.config.mode, "world_size": self.world_size,
-                "workers": self.workers_per_rank, "seed": self.config.seed}
+                "workers": self.workers_per_rank, "seed": self.config.seed, "lanes": self.lanes}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = (state["mode"], state["world_size"], state["workers"], state["seed"])
-        now = (self.config.mode, self.world_size, self.workers_per_rank, self.config.seed)
+        saved = (state["mode"], state["world_size"], state["workers"], state["seed"], state.get("lanes"))
+        now = (self.config.mode, self.world_size, self.workers_per_rank, self.config.seed, self.lanes)
         if saved != now:
-            raise UserError(f"the saved stream position is for (mode, world size, workers per rank, seed) = {saved}, "
+            raise UserError(f"the saved stream position is for (mode, world size, workers per rank, seed, lanes) = {saved}, "
                             f"this run has {now}; resume with the same settings")
         self.position = Position(state["epoch"], state["batch"], list(state["cursors"]))
         self.errors = state["errors"]

@@ -8,9 +8,11 @@ samples it would have produced after its first `start` ones.
   blocks of `block_size` samples. Each block restarts from its own seed, so resuming costs at
   most one block of tar reading (no decoding).
 - exact: the shards of the split (in an order shuffled per epoch when training) are cut into
-  one contiguous, nearly equal range of samples per (rank, worker) slot, so every sample is
-  read exactly once across all ranks; short or broken shards are filled with placeholders so
-  every slot keeps its planned size.
+  `lanes` contiguous, nearly equal ranges, so every sample is read exactly once across all
+  ranks; short or broken shards are filled with placeholders so every lane keeps its planned
+  size. Each lane has its own shuffle buffer and augmentation seeds, and global batch g is
+  chunk g of a fixed group of lanes (see `lane_ids`), split over the ranks: with the number of
+  lanes fixed, N processes see exactly the batches one process sees with N times the batch.
 """
 from __future__ import annotations
 
@@ -93,35 +95,52 @@ def _drawn_shards(draw, rng: random.Random, errors: ErrorLog, max_empty: int = 5
             raise RunError(f"{max_empty} shards in a row gave no sample (last: {url}); first errors: {errors.messages}")
 
 
-def exact_plan(sources: list[Source], world_size: int, num_workers: int, batch_size: int) -> tuple[int, int]:
-    """(total samples, batches per worker): equal for every worker of every rank."""
+def exact_lanes(world_size: int, num_workers: int, lanes: int | None) -> int:
+    """The number of lanes: `lanes`, or one per (rank, worker) slot when not fixed."""
+    slots = world_size * num_workers
+    lanes = lanes or slots
+    if lanes % slots:
+        raise UserError(f"{lanes} lanes cannot be split over {world_size} rank(s) x {num_workers} worker(s); "
+                        f"choose a multiple of {slots}")
+    return lanes
+
+
+def lane_ids(rank: int, worker: int, world_size: int, num_workers: int, lanes: int) -> list[int]:
+    """The lanes this (rank, worker) reads, in batch order. Worker w of every rank makes global
+    batches w, w + W, ...; their lanes are group w (lanes / W of them), cut into one block per
+    rank, so the ranks' batches side by side are the global batch whatever the world size."""
+    group = lanes // num_workers
+    per_rank = group // world_size
+    return [worker * group + rank * per_rank + j for j in range(per_rank)]
+
+
+def exact_plan(sources: list[Source], lanes: int, chunk: int) -> tuple[int, int]:
+    """(total samples, chunks of `chunk` samples per lane): equal for every lane."""
     missing = [s.name for s in sources if s.counts is None]
     if missing:
         raise UserError(f"exact mode needs per-shard sample counts; source(s) {missing} are URL patterns "
                         "without a manifest: point them at the shard folder written by face-shards")
     total = sum(s.samples for s in sources)
-    slots = world_size * num_workers
-    per_slot = -(-total // slots)
-    return total, -(-per_slot // batch_size)
+    per_lane = -(-total // lanes)
+    return total, -(-per_lane // chunk)
 
 
-def exact_samples(sources: list[Source], *, seed: int, rank: int, worker: int, epoch: int, start: int,
-                  world_size: int, num_workers: int, shuffle: bool, shuffle_buffer: int,
-                  exclude: frozenset[str], errors: ErrorLog, keep: frozenset[int] | None = None) -> Iterator[dict]:
-    """This slot's contiguous share of the split (placeholders where samples are missing).
+def lane_samples(sources: list[Source], *, seed: int, lane: int, lanes: int, epoch: int, start: int,
+                 shuffle: bool, shuffle_buffer: int, exclude: frozenset[str], errors: ErrorLog,
+                 keep: frozenset[int] | None = None) -> Iterator[dict]:
+    """This lane's contiguous share of the split (placeholders where samples are missing).
     With `keep`, the split is the samples of those class codes (the sources' counts must be
     the per-class ones, see sources.class_subset)."""
     shards = [(u, c) for s in sources for u, c in zip(s.urls, s.counts)]
     if shuffle:
         random.Random(derive_seed(seed, "exact-order", epoch)).shuffle(shards)
-    total, slots = sum(c for _, c in shards), world_size * num_workers
-    slot = rank * num_workers + worker
-    lo, hi = slot * total // slots, (slot + 1) * total // slots
+    total = sum(c for _, c in shards)
+    lo, hi = lane * total // lanes, (lane + 1) * total // lanes
     raw = _read_range(shards, lo, hi, errors, keep)
     if exclude:
         raw = (placeholder("excluded") if s["__key__"] in exclude else s for s in raw)
     if shuffle:
-        raw = shuffled(raw, shuffle_buffer, random.Random(derive_seed(seed, "exact", rank, worker, epoch)))
+        raw = shuffled(raw, shuffle_buffer, random.Random(derive_seed(seed, "exact", lane, epoch)))
     return itertools.islice(raw, start, None)
 
 
