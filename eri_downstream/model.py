@@ -20,16 +20,24 @@ A modality whose mask is all False for a video (missing features) yields a zero 
 `masked_mean` (its denominator is clamped to >= 1), i.e. the branch contributes only its output
 bias; no NaN can appear. Text with no speech is stored as one all-zero DeBERTa step (length 1)
 and needs no special case.
+
+`save_eri_model(model, folder, extra)` writes model.safetensors + config.json (the published
+form, see `affect-publish`); `load_eri_model(folder)` rebuilds the model from them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from shared.errors import UserError
 
 MODALITIES = ("visual", "audio", "text")
 
@@ -285,3 +293,46 @@ class ERIModel(nn.Module):
             features.append(branch(x, mask))  # (B, branch_dim)
         fused = torch.cat(features, dim=-1)  # (B, branch_dim * n_modalities)
         return torch.sigmoid(self.head(fused))  # (B, num_outputs)
+
+
+# -- saving and loading --------------------------------------------------------------------------
+MODEL_FORMAT = "eri-model/1"
+# the first layer of each branch: its input width is the modality's feature size
+INPUT_LAYERS = {"visual": "branches.visual.gru.weight_ih_l0", "audio": "branches.audio.tcn.blocks.0.conv1.weight",
+                "text": "branches.text.conv.weight"}
+
+
+def input_dims(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
+    """{"<m>_dim": feature size} of each modality an ERIModel state dict has a branch for."""
+    return {f"{m}_dim": state_dict[key].shape[1] for m, key in INPUT_LAYERS.items() if key in state_dict}
+
+
+def save_eri_model(model: ERIModel, folder, extra: dict | None = None) -> Path:
+    """folder/model.safetensors + folder/config.json (every ERIModelConfig field, then `extra`:
+    emotion names, where the features came from, ...); `load_eri_model(folder)` rebuilds it."""
+    folder = Path(folder)
+    config = {"format": MODEL_FORMAT, **asdict(model.config)}
+    clash = sorted(set(config) & set(extra or {}))
+    if clash:
+        raise ValueError(f"extra keys {clash} would replace the model's configuration")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({**config, **(extra or {})}, indent=2) + "\n")
+    return folder
+
+
+def load_eri_model(folder) -> ERIModel:
+    """The model `save_eri_model` wrote, in eval mode; keys of config.json that are not
+    ERIModelConfig fields (the `extra` of the save) are ignored."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file() or not (folder / "model.safetensors").is_file():
+        raise UserError(f"{folder}: expected config.json and model.safetensors written by save_eri_model")
+    config = json.loads(path.read_text())
+    if config.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path}: format {config.get('format')!r}, expected {MODEL_FORMAT!r}")
+    names = {f.name for f in fields(ERIModelConfig)}
+    model = ERIModel(ERIModelConfig(**{k: v for k, v in config.items() if k in names}))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    return model.eval()

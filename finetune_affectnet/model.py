@@ -168,14 +168,23 @@ def export_classifier(model: ExpressionClassifier, info: EncoderInfo, out_dir, *
     return out
 
 
+PUBLISHED_HEAD = "expression_head/head.safetensors"  # beside the timm encoder of a published folder
+
+
 def load_classifier(out_dir) -> ExpressionClassifier:
-    """The classifier written by `export_classifier`, in eval mode, with `class_names` and
-    `encoder_info` (mean, std, input size) attached."""
+    """The classifier written by `export_classifier` (OUT/encoder + OUT/head.safetensors) or
+    published by `affect-publish` (the timm encoder at the root + expression_head/), in eval
+    mode, with `class_names` and `encoder_info` (mean, std, input size) attached."""
     out = Path(out_dir)
-    tensors, meta = read_safetensors(out / "head.safetensors")
+    head, encoder_dir = out / "head.safetensors", out / "encoder"
+    if not head.is_file() and (out / PUBLISHED_HEAD).is_file():
+        head, encoder_dir = out / PUBLISHED_HEAD, out
+    if not head.is_file():
+        raise UserError(f"{out}: no head.safetensors or {PUBLISHED_HEAD}; give a stage-2 export or published folder")
+    tensors, meta = read_safetensors(head)
     if meta.get("head_format") != HEAD_FORMAT or meta.get("kind") not in KINDS:
-        raise UserError(f"{out / 'head.safetensors'} was not written by export_classifier")
-    encoder, info = load_encoder(out / "encoder", pool=stored_pool(out / "encoder"))
+        raise UserError(f"{head} was not written by export_classifier")
+    encoder, info = load_encoder(encoder_dir, pool=stored_pool(encoder_dir))
     model = ExpressionClassifier(encoder, int(meta["num_classes"]), hidden_dim=int(meta["hidden_dim"]),
                                  dropout=float(meta["dropout"]), linear_probe=meta["kind"] == "linear_probe",
                                  class_names=json.loads(meta["class_names"]))

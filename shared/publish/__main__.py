@@ -1,0 +1,3 @@
+from shared.publish.cli import entry
+
+entry()

@@ -1,0 +1,46 @@
+"""The datasets of the lineage and the terms under which each is distributed.
+
+Every one of them is licensed for (non-commercial or academic) research only, so weights
+trained on any of them are published under a non-commercial licence by default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_LICENSE = "cc-by-nc-4.0"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    key: str  # the card's `datasets:` entry
+    name: str
+    url: str
+    terms: str
+
+
+DATASETS = {d.key: d for d in (
+    Dataset("affectnet", "AffectNet", "http://mohammadmahoor.com/affectnet/",
+            "academic research licence agreement: research use only, no commercial use, "
+            "no redistribution of the images"),
+    Dataset("casia-webface", "CASIA-WebFace", "http://www.cbsr.ia.ac.cn/english/CASIA-WebFace-Database.html",
+            "non-commercial research use only"),
+    Dataset("celeba", "CelebA", "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
+            "non-commercial research use only"),
+    Dataset("imdb-wiki", "IMDB-WIKI", "https://data.vision.ee.ethz.ch/cvl/rrothe/imdb-wiki/",
+            "academic research use only"),
+    Dataset("hume-reaction", "Hume-Reaction (ABAW5 / MuSe 2022)", "https://www.muse-challenge.org/",
+            "the challenge's end-user licence agreement: research use only"),
+)}
+
+# spellings of each dataset in shard manifests ("source") and in configs' source names
+_ALIASES = {"affectnet": "affectnet", "casia": "casia-webface", "celeba": "celeba", "imdb": "imdb-wiki",
+            "wiki": "imdb-wiki", "hume": "hume-reaction"}
+
+
+def dataset_of(name: str) -> Dataset | None:
+    """The dataset a source name or a manifest's source refers to, if recognisable."""
+    lowered = name.lower()
+    for alias, key in _ALIASES.items():
+        if alias in lowered:
+            return DATASETS[key]
+    return None
