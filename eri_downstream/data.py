@@ -121,6 +121,11 @@ class FeatureDataset(Dataset):
         if features.ndim != 2 or features.shape[0] == 0:
             raise UserError(f"{path}: features of shape {tuple(features.shape)}, expected [T>0, D]; "
                             f"rerun the {modality} step with --overwrite")
+        finite = torch.isfinite(features)
+        if not finite.all():  # never trained on: one NaN would turn every loss and weight into NaN
+            raise UserError(f"{path}: {int((~finite).sum())} of {features.numel()} feature values are NaN or "
+                            f"infinite; delete the file and rerun `eri_downstream/extract.py {modality} --store "
+                            f"{self.store.root}` (it redoes missing files)")
         return features.float()
 
     def _select(self, modality: str, features: torch.Tensor, rng: random.Random) -> torch.Tensor:

@@ -3,11 +3,15 @@
 A researcher who points a command at the wrong folder should read one sentence that says what
 is wrong and how to fix it, not a traceback. Code raises `UserError` for such cases; `run_cli`
 turns it into that sentence. Status 2 means the command was used wrongly (bad arguments,
-malformed input files), 1 means it failed while running.
+malformed input files), 1 means it failed while running (`RunError`, a full disk, or any other
+exception). `--debug` adds the traceback.
 """
 from __future__ import annotations
 
+import re
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable
 
@@ -24,23 +28,58 @@ class RunError(UserError):
     exit_code = 1
 
 
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a command's `main`, mapping UserError to one line on stderr and its exit status.
+# the last line of a formatted traceback: "package.module.SomeError: message"
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: (.*)$")
 
-    `--debug` anywhere in argv shows the full traceback instead.
-    """
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line. An exception re-raised from a DataLoader worker carries
+    the worker's whole traceback in its message; only the original message is kept."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        found = _EXCEPTION_LINE.match(last.strip())
+        text = found.group(1) if found else last
+    if isinstance(err, OSError) and err.strerror:
+        text = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None,
+            prog: str | None = None) -> int:
+    """Run a command's `main`: a UserError becomes one line on stderr and its exit status, any
+    other exception one line and status 1. `--debug` anywhere in argv also prints the traceback.
+    `prog` names the command in the line (default: the script's file name)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    _file_size_limit_as_error()
     try:
         return int(main(argv) or 0)
     except UserError as err:
-        if debug:
-            traceback.print_exc()
-        prog = sys.argv[0].rsplit("/", 1)[-1] or "command"
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _report(err, one_line(err), err.exit_code, debug, prog)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk, a missing permission: the system's words say it all
+        return _report(err, one_line(err), 1, debug, prog)
+    except Exception as err:  # noqa: BLE001 - no traceback unless asked for, but the cause on one line
+        hint = "" if debug else " (run again with --debug for the traceback)"
+        return _report(err, f"{type(err).__name__}: {one_line(err)}{hint}", 1, debug, prog)
+
+
+def _report(err: BaseException, message: str, status: int, debug: bool, prog: str | None) -> int:
+    if debug:
+        traceback.print_exception(err)
+    prog = prog or sys.argv[0].rsplit("/", 1)[-1] or "command"
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+def _file_size_limit_as_error() -> None:
+    """Past a file-size limit (`ulimit -f`, some cluster quotas) the kernel sends SIGXFSZ, whose
+    default action kills the process with a core dump in the middle of a write. Ignored, the
+    write fails with EFBIG instead, which the code reports and recovers from like a full disk."""
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -77,4 +77,4 @@ def _summary(manifest: dict, out: Path) -> None:
 
 
 def entry() -> None:
-    raise SystemExit(run_cli(main))
+    raise SystemExit(run_cli(main, prog="face-shards"))

@@ -52,15 +52,20 @@ def open_url(url: str):
 
 
 def read_shard(url: str, errors: ErrorLog) -> Iterator[dict]:
-    """The samples of one shard, as dicts of raw bytes; a truncated tar ends early, counted."""
+    """The samples of one shard, as dicts of raw bytes; a truncated tar ends early, counted, and
+    so does an empty one (a zero-byte file, or a tar without members)."""
     def opened():
         try:
             yield {"url": url, "stream": open_url(url)}
         except Exception as exn:  # noqa: BLE001 - a missing or unreachable shard is counted and skipped
             errors.add(f"cannot open {url}: {type(exn).__name__}: {exn}")
 
+    before, n = errors.count, 0
     files = tar_file_expander(opened(), handler=errors.handler)
-    yield from group_by_keys(files, handler=errors.handler)
+    for n, sample in enumerate(group_by_keys(files, handler=errors.handler), 1):
+        yield sample
+    if n == 0 and errors.count == before:  # a valid tar with nothing in it raises nothing
+        errors.add(f"{url}: empty shard (no samples)")
 
 
 def shuffled(samples: Iterable, bufsize: int, rng: random.Random) -> Iterator:

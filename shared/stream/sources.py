@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlparse
 
 from webdataset.shardlists import expand_urls
 
@@ -62,11 +64,23 @@ def is_shard_folder(spec: str) -> bool:
         return True
     if spec.endswith(".tar") or "{" in spec or spec.startswith("pipe:") or "::" in spec:
         return False
+    if _is_local(spec) and Path(spec).is_dir():  # without a manifest, mf.load says what is wrong
+        return True
     try:
         mf.load(spec)
         return True
     except UserError:
         return False
+
+
+def _is_local(url: str) -> bool:
+    scheme = urlparse(url).scheme
+    return not url.startswith("pipe:") and (scheme == "" or len(scheme) == 1)  # len 1: a drive letter
+
+
+def _missing_path(spec: str) -> bool:
+    """A plain local path (no pattern, no list) that is not there."""
+    return _is_local(spec) and "{" not in spec and "::" not in spec and not Path(spec).exists()
 
 
 def resolve(name: str, spec: Any, splits: list[str] | None = None, pretraining: bool = False,
@@ -82,12 +96,19 @@ def resolve(name: str, spec: Any, splits: list[str] | None = None, pretraining: 
         weight = spec.get("weight", 1.0) if weight is None else weight
         spec = spec.get("urls", spec.get("path"))
     weight = 1.0 if weight is None else float(weight)
+    if isinstance(spec, str) and _missing_path(spec):  # a typo: say so now, not as 50 unreadable shards later
+        raise UserError(f"source {name}: {spec} does not exist; expected a shard folder written by face-shards "
+                        "(with manifest.json), a .tar file or a URL pattern")
     if isinstance(spec, str) and is_shard_folder(spec):
         return _from_manifest(name, spec, splits, pretraining, weight)
     patterns = [spec] if isinstance(spec, str) else list(spec or [])
     urls = [u for p in patterns for u in expand_urls(p)]
     if not urls:
         raise UserError(f"source {name}: no shard URLs in {spec!r}")
+    local = [u for u in urls if _is_local(u)]
+    if local and len(local) == len(urls) and not any(Path(u).exists() for u in local):
+        raise UserError(f"source {name}: none of its {len(urls)} shard file(s) exists (first: {urls[0]}); "
+                        "check the path or pattern")
     return Source(name, urls, None, weight)
 
 
@@ -104,6 +125,10 @@ def _from_manifest(name: str, location: str, splits: list[str] | None, pretraini
         raise UserError(f"{location}: the conversion has not finished (manifest not complete); re-run face-shards to resume it")
     folder = mf.folder_of(location)
     chosen = mf.shards(manifest, splits)
+    if not sum(e["samples"] for e in chosen):
+        listed = ", ".join(f"{s}: {e['samples']}" for s, e in available.items())
+        raise UserError(f"source {name}: {location} has no samples in split(s) {', '.join(splits) or '(none)'} "
+                        f"(samples per split: {listed}); choose a split with samples or remove the source")
     classes = None
     if chosen and all("classes" in e for e in chosen):
         classes = [{int(c): n for c, n in e["classes"].items()} for e in chosen]

@@ -3,8 +3,11 @@
 A state is a folder `checkpoints/step_00001000/` holding what `accelerator.save_state` writes
 (model, optimizer, grad scaler, every process's RNG), one `rank_<r>.json` per process (its
 step and stream position: positions differ per rank), the resolved `config.yaml`, and last
-`meta.json`. It is written as `.tmp-step_...` and renamed once every process has finished, so
-a kill during the write leaves the previous state intact and `latest()` never sees a partial one.
+`meta.json`. It is written as `.tmp-step_...` (files flushed to disk) and renamed once every
+process has finished, so a kill during the write leaves the previous state intact and `latest()`
+never sees a partial one. A write that fails (no space left, a file-size limit) fails on every
+process together: the partial folder is removed to free its space, the older states are kept,
+and a RunError says which one `--resume auto` will continue from.
 """
 from __future__ import annotations
 
@@ -13,14 +16,17 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 import yaml
+from safetensors import safe_open
 
-from ..errors import UserError
+from ..errors import RunError, UserError, one_line
 from ..provenance import code_version, write_json_atomic
 
 META = "meta.json"
+PARTIAL = ".tmp-step_"
 log = logging.getLogger(__name__)
 
 
@@ -32,25 +38,52 @@ class Checkpointer:
 
     def save(self, step: int, rank_state: dict[str, Any], config: dict[str, Any]) -> Path:
         final = self.dir / f"step_{step:08d}"
-        tmp = self.dir / f".tmp-step_{step:08d}"
-        if self.acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.acc.wait_for_everyone()
+        tmp = self.dir / f"{PARTIAL}{step:08d}"
+        main = self.acc.is_main_process
+        self._together(step, tmp, lambda: _fresh_dir(tmp) if main else None)
+        self._together(step, tmp, lambda: self._write_parts(tmp, step, rank_state))
+        self._together(step, tmp, lambda: self._seal(tmp, final, step, config) if main else None)
+        return final
+
+    def _write_parts(self, tmp: Path, step: int, rank_state: dict[str, Any]) -> None:
+        """Every process: what accelerate saves (model, optimizer, RNG) and its own position."""
         self.acc.save_state(str(tmp), safe_serialization=True)
         write_json_atomic(tmp / f"rank_{self.acc.process_index}.json", {"step": step, **rank_state})
-        self.acc.wait_for_everyone()
+
+    def _seal(self, tmp: Path, final: Path, step: int, config: dict[str, Any]) -> None:
+        """Main process, once every part is written: config, meta.json last, then the rename."""
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_json_atomic(tmp / META, {"step": step, "world_size": self.acc.num_processes,
+                                       "created_by": code_version()})
+        _fsync_tree(tmp)  # the rename must not reach the disk before the files do
+        if final.exists():  # the same step saved again (a stop right after a resume)
+            self._discard(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.dir)
+        self._prune()
+
+    def _together(self, step: int, tmp: Path, write: Callable[[], None]) -> None:
+        """Run this process's part of a save; when it failed on any process, every process
+        raises (none is left waiting at a barrier) once the partial folder is removed."""
+        failure = None
+        try:
+            write()
+        except Exception as err:  # noqa: BLE001 - disk full, file-size limit, I/O error: same handling
+            failure = err
+        failed = torch.tensor([float(failure is not None)], device=self.acc.device)
+        if self.acc.num_processes > 1:
+            failed = self.acc.reduce(failed, reduction="sum")  # also the barrier between the phases
+        if not failed.item():
+            return
         if self.acc.is_main_process:
-            (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-            write_json_atomic(tmp / META, {"step": step, "world_size": self.acc.num_processes,
-                                           "created_by": code_version()})
-            _fsync_dir(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            _fsync_dir(self.dir)
-            self._prune()
-        self.acc.wait_for_everyone()
-        return final
+            shutil.rmtree(tmp, ignore_errors=True)
+        cause = one_line(failure) if failure is not None else "another process could not write its part"
+        newest = self.latest()
+        kept = (f"the previous complete state {newest} is intact and --resume auto continues from it"
+                if newest else "no earlier state exists")
+        raise RunError(f"could not write the training state of step {step} in {self.dir} ({cause}; "
+                       f"{_free_space(self.dir)}); the partial state was removed, {kept}; free some space "
+                       "(or lower run.keep_last) and resume") from failure
 
     def latest(self) -> Path | None:
         complete = sorted(p for p in self.dir.glob("step_*") if (p / META).is_file())
@@ -74,12 +107,22 @@ class Checkpointer:
         if meta["world_size"] != self.acc.num_processes:
             raise UserError(f"{path} was saved by {meta['world_size']} processes, this run has "
                             f"{self.acc.num_processes}; resume with the same number of processes")
-        self.acc.load_state(str(path))
+        try:
+            self.acc.load_state(str(path))
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a corrupt file of any kind: name the state to move aside
+            if isinstance(err, RuntimeError) and "Error(s) in loading state_dict" in str(err):
+                raise UserError(self._mismatch(path, str(err))) from err
+            raise RunError(f"cannot load the training state {path} ({one_line(err)}); move it out of "
+                           f"{self.dir} to resume from the previous one") from err
         return json.loads((path / f"rank_{self.acc.process_index}.json").read_text())
 
     def restore(self, resume: str | None, data) -> tuple[int, Path | None]:
         """Resume a run: model, optimizer, RNG and `data`'s position from the state `resume`
         names ("auto": the newest, if any). Returns (step to start from, state used)."""
+        if self.acc.is_main_process:
+            self._remove_partials()
         path = self.resolve(resume)
         if path is None:
             if resume == "auto":
@@ -90,10 +133,43 @@ class Checkpointer:
         log.info("resumed from %s at step %d", path, rank_state["step"])
         return rank_state["step"], path
 
+    def _mismatch(self, path: Path, torch_message: str) -> str:
+        """Why a state does not fit the model, on one line: every missing, unexpected and
+        resized tensor (torch's own report stops at the first kind of problem)."""
+        detail = " ".join(torch_message.split())[:500]  # when there is no weight file to compare
+        saved_file, models = path / "model.safetensors", getattr(self.acc, "_models", [])
+        if saved_file.is_file() and models:
+            with safe_open(str(saved_file), framework="pt") as f:
+                saved = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            own = {k: list(v.shape) for k, v in models[0].state_dict().items()}
+            missing = [k for k in own if k not in saved]
+            unexpected = [k for k in saved if k not in own]
+            resized = [f"{k} {saved[k]} vs model {own[k]}" for k in own if k in saved and saved[k] != own[k]]
+            detail = "; ".join(f"{len(keys)} {what}: {_few(keys)}" for what, keys in
+                               (("missing", missing), ("unexpected", unexpected), ("of another shape", resized))
+                               if keys) or detail
+        return (f"{path} does not fit this model (saved by another architecture or stage?): {detail}; resume "
+                f"it with the configuration it was saved with ({path / 'config.yaml'}), or start a new run in "
+                "another run.output_dir")
+
+    def _remove_partials(self) -> None:
+        """A state being written when its job was killed: never resumed from, only in the way."""
+        for partial in self.dir.glob(f"{PARTIAL}*"):
+            shutil.rmtree(partial, ignore_errors=True)
+            log.warning("removed %s: a training state whose write was interrupted", partial)
+
     def _prune(self) -> None:
         complete = sorted(p for p in self.dir.glob("step_*") if (p / META).is_file())
         for old in complete[: max(0, len(complete) - self.keep_last)]:
-            shutil.rmtree(old, ignore_errors=True)
+            self._discard(old)
+
+    def _discard(self, state: Path) -> None:
+        """Renamed out of `step_*` before it is deleted: a kill during the deletion leaves a
+        partial folder that `latest()` ignores and the next run removes, never a half state."""
+        doomed = self.dir / f"{PARTIAL}discarded-{state.name}"
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(state, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -102,3 +178,31 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there now"
+    except OSError:
+        return "free space unknown"
+
+
+def _few(names: list[str], n: int = 4) -> str:
+    more = f" (+{len(names) - n} more)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more

@@ -27,6 +27,7 @@ class RunConfig:
     save_every: int = 1000  # full training state every N steps (and at the end)
     keep_last: int = 3  # training states kept on disk
     stop_check_every: int = 10  # steps between the ranks' agreement on a stop request (SIGTERM/SIGUSR1/STOP file)
+    max_nonfinite_steps: int = 5  # NaN/inf loss or gradient: step skipped; this many in a row stop the run (0: no check)
     resume: str | None = None  # "auto" (newest complete state in output_dir/checkpoints), a state folder, or None
     mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or no | bf16 | fp16
     compile: bool = False  # torch.compile the model

@@ -43,30 +43,45 @@ def scan(root: Path) -> Scan:
 
 def _parse_list(path: Path, split: str, images: Path):
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if rows and rows[0] and rows[0][0].strip() == COLUMNS[0]:
-        header = [c.strip() for c in rows[0]]
+        reader = csv.reader(f)
+        rows = [(reader.line_num, row) for row in reader]
+    if rows and rows[0][1] and rows[0][1][0].strip() == COLUMNS[0]:
+        header = [c.strip() for c in rows[0][1]]
         if header[: len(COLUMNS)] != COLUMNS:
-            raise UserError(f"{path}: header {','.join(header)!r} does not match AffectNet's columns {','.join(COLUMNS)}")
+            raise UserError(f"{path} line {rows[0][0]}: header {','.join(header)!r} does not match AffectNet's "
+                            f"columns; expected {_FORMAT}")
         rows = rows[1:]
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    parsed = [_parse_row(r, split, images) for r in rows]
-    if rows and all(item is None for item, _ in parsed):
-        raise UserError(f"{path}: no row has AffectNet's {len(COLUMNS)} columns ({','.join(COLUMNS)}); is this an AffectNet list file?")
+    rows = [(line, r) for line, r in rows if any(c.strip() for c in r)]
+    parsed = [_parse_row(r, split, images, line) for line, r in rows]
+    if rows and all(item is None for item, _ in parsed):  # not one usable row: the wrong file or format
+        line, row = rows[0]
+        raise UserError(f"{path}: no row has AffectNet's {len(COLUMNS)} columns; line {line} has {len(row)}"
+                        f"{_separator_hint(row)}; expected {_FORMAT}")
     return parsed
 
 
-def _parse_row(row: list[str], split: str, images: Path):
+_FORMAT = f"{len(COLUMNS)} comma-separated columns {','.join(COLUMNS)} (header line optional)"
+
+
+def _separator_hint(row: list[str]) -> str:
+    """Most wrong list files are a re-save with another separator: say so."""
+    for sep, name in (("\t", "tabs"), (";", "semicolons"), ("|", "bars")):
+        if len(row) == 1 and row[0].count(sep) >= len(COLUMNS) - 1:
+            return f" and looks separated by {name}"
+    return ""
+
+
+def _parse_row(row: list[str], split: str, images: Path, line: int = 0):
     relpath = row[0].strip() if row else ""
     if len(row) != len(COLUMNS):
-        return None, Reject(relpath, split, "bad-row", f"{len(row)} columns, expected {len(COLUMNS)}")
+        return None, Reject(relpath, split, "bad-row", f"line {line}: {len(row)} columns, expected {len(COLUMNS)}")
     try:
         expression = int(float(row[6]))
         valence, arousal = float(row[7]), float(row[8])
     except ValueError:
-        return None, Reject(relpath, split, "bad-row", f"expression/valence/arousal not numeric: {row[6:9]}")
+        return None, Reject(relpath, split, "bad-row", f"line {line}: expression/valence/arousal not numeric: {row[6:9]}")
     if not relpath or not 0 <= expression <= NO_FACE:
-        return None, Reject(relpath, split, "bad-row", f"path {relpath!r}, expression {expression}")
+        return None, Reject(relpath, split, "bad-row", f"line {line}: path {relpath!r}, expression {expression}")
     if expression == NO_FACE:
         return None, Reject(relpath, split, "no-face", "expression 10 (No-Face)")
     meta = {

@@ -14,6 +14,7 @@ from ...errors import UserError
 SOURCE = "celeba"
 SPLITS = {"0": "train", "1": "val", "2": "test"}
 LANDMARK_COLUMNS = 10
+PARTITION_FORMAT = "lines '<image> <0|1|2>' (0 train, 1 val, 2 test) separated by whitespace, e.g. '000001.jpg 0'"
 
 
 def scan(root: Path) -> Scan:
@@ -30,9 +31,10 @@ def scan(root: Path) -> Scan:
         list_files.append(root / "identity_CelebA.txt")
         identities = _read_pairs(list_files[-1])
 
-    items, rejects = [], []
+    items, rejects, first_bad = [], [], None
     for lineno, fields in _lines(partition):
         if len(fields) != 2 or fields[1] not in SPLITS:
+            first_bad = first_bad or f"line {lineno} has {len(fields)} field(s) {' '.join(fields)[:60]!r}"
             rejects.append(Reject(fields[0] if fields else f"line {lineno}", "", "bad-row",
                                   f"{partition.name}:{lineno}: expected '<image> <0|1|2>'"))
             continue
@@ -44,7 +46,8 @@ def scan(root: Path) -> Scan:
             meta["identity"] = int(identities[name])
         items.append(Item(sample_key(SOURCE, name), split, name, str(images / name), meta=meta))
     if not items:
-        raise UserError(f"{partition}: no '<image> <0|1|2>' lines found")
+        raise UserError(f"{partition}: no '<image> <0|1|2>' lines found; {first_bad or 'the file is empty'}; "
+                        f"expected {PARTITION_FORMAT}")
     return Scan(SOURCE, root, items, rejects, list_files)
 
 
@@ -57,19 +60,26 @@ def _lines(path: Path):
 
 
 def _read_landmarks(path: Path) -> dict[str, list[list[int]]]:
+    """A malformed row stops the conversion: the file is damaged, and its labels are not to be
+    trusted (or silently dropped) for the rows that happen to parse."""
+    expected = "a count line, a header line, then '<image> x1 y1 ... x5 y5' rows (11 whitespace-separated fields)"
     lines = list(_lines(path))
     if len(lines) < 2 or len(lines[0][1]) != 1 or not lines[0][1][0].isdigit():
-        raise UserError(f"{path}: expected a count line, a header line, then '<image> x1 y1 ... x5 y5' rows")
+        raise UserError(f"{path}: expected {expected}")
     out = {}
-    for _, fields in lines[2:]:
-        if len(fields) == LANDMARK_COLUMNS + 1:
-            try:
-                values = [int(v) for v in fields[1:]]
-            except ValueError:
-                continue
-            out[fields[0]] = [values[i:i + 2] for i in range(0, LANDMARK_COLUMNS, 2)]
+    for lineno, fields in lines[2:]:
+        values = [int(v) for v in fields[1:] if v.lstrip("-").isdigit()]
+        if len(fields) != LANDMARK_COLUMNS + 1 or len(values) != LANDMARK_COLUMNS:
+            raise UserError(f"{path} line {lineno}: {len(fields)} field(s) {' '.join(fields)[:60]!r}; expected {expected}")
+        out[fields[0]] = [values[i:i + 2] for i in range(0, LANDMARK_COLUMNS, 2)]
     return out
 
 
 def _read_pairs(path: Path) -> dict[str, str]:
-    return {f[0]: f[1] for _, f in _lines(path) if len(f) == 2 and f[1].isdigit()}
+    pairs = {}
+    for lineno, fields in _lines(path):
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise UserError(f"{path} line {lineno}: {' '.join(fields)[:60]!r}; expected '<image> <identity number>' "
+                            "lines, e.g. '000001.jpg 2880'")
+        pairs[fields[0]] = fields[1]
+    return pairs
