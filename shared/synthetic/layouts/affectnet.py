@@ -137,7 +137,7 @@ def _split_rows(rng: np.random.Generator, planted: Planted, split: str, n_rows: 
     return rows
 
 
-def _write_list(path: Path, rows: list[list[str]], header: bool) -> None:
+def write_list(path: Path, rows: list[list[str]], header: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -158,6 +158,6 @@ def write_affectnet(root: Path, seed: int = 0, n_train: int = 24, n_val: int = 1
     planted = Planted(root=root, image_dir=root / IMAGES)
     train = _split_rows(rng, planted, "train", n_train, per_class=2)
     val = _split_rows(rng, planted, "val", n_val, per_class=1)
-    _write_list(root / LISTS / "training.csv", train, header=True)
-    _write_list(root / LISTS / "validation.csv", val, header=val_header)
+    write_list(root / LISTS / "training.csv", train, header=True)
+    write_list(root / LISTS / "validation.csv", val, header=val_header)
     return planted

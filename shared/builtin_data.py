@@ -1,0 +1,135 @@
+"""The built-in synthetic data: what every stage uses when it is given no data.
+
+    python -m shared.builtin_data all [--root DIR] [--quick]    # make all of it now
+
+The faces and videos are written in the published raw layouts and go through the same
+converters and readers as real downloads (`face-shards`, `eri_downstream/dataset.py`), so the
+built-in lineage exercises the real path end to end. Under the root (`$AFFECT_LINEAGE_DATA`,
+default `~/.cache/affect-lineage/builtin`):
+
+    raw/{affectnet,celeba,casia}/      drawn faces (shared.synthetic.builtin); AffectNet's show
+                                       the expression of their label
+    shards/{affectnet,celeba,casia}/   `face-shards ... --size 80` of those
+    reactions/                         Hume-Reaction (ABAW5 layout) videos whose 7 intensities
+                                       follow the face, the sound and the words; transcripts.csv
+    models/{hubert,deberta}/           tiny random audio / text encoders in the hub layout
+    features/                          the feature store, when stage 3a is run without --store
+
+Each part is made once, on first use (`.complete` marks a finished part), by one process.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from shared.errors import run_cli
+
+ROOT_ENV = "AFFECT_LINEAGE_DATA"
+FACE_SOURCES = ("affectnet", "celeba", "casia")
+CONVERTERS = {"affectnet": "affectnet", "celeba": "celeba", "casia": "casia-webface"}
+SHARD_SIZE = 80  # stored crop side: the demo models see 64 px after cropping
+SIZES = {"full": dict(per_class_train=400, per_class_val=25, celeba=750, casia_ids=75, casia_per_id=10),
+         "quick": dict(per_class_train=24, per_class_val=10, celeba=200, casia_ids=20, casia_per_id=10)}
+VIDEOS = {"full": dict(n_train=160, n_val=40, n_test=12), "quick": dict(n_train=24, n_val=12, n_test=4)}
+
+
+def root() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or Path.home() / ".cache" / "affect-lineage" / "builtin")
+
+
+def announce(what: str, path: Path) -> None:
+    """The one line a stage prints when it falls back to the built-in data."""
+    print(f"no data given: using the built-in synthetic {what} at {path}", flush=True)
+
+
+def made_once(acc, make, what: str):
+    """`make()` run by the main process first (the others then find its result complete), and
+    the one line that says the built-in data is in use."""
+    with acc.main_process_first():
+        result = make()
+    if acc.is_main_process:
+        announce(what, root())
+    return result
+
+
+def _done(folder: Path) -> bool:
+    return (folder / ".complete").is_file()
+
+
+def _mark(folder: Path) -> None:
+    (folder / ".complete").write_text("")
+
+
+def face_shards(base: Path | None = None, *, size: str = "full") -> dict[str, Path]:
+    """source name -> shard folder, written (raw faces, then face-shards) if missing."""
+    from shared.shards.cli import main as face_shards_cli
+    from shared.synthetic.builtin import write_builtin_faces
+    base = base or root()
+    raw, shards = base / "raw", base / "shards"
+    if not _done(raw):
+        shutil.rmtree(raw, ignore_errors=True)
+        write_builtin_faces(raw, **SIZES[size])
+        _mark(raw)
+    if not _done(shards):
+        for name in FACE_SOURCES:
+            face_shards_cli([CONVERTERS[name], str(raw / name), "--out", str(shards / name),
+                             "--size", str(SHARD_SIZE), "--shard-size", "200", "--no-progress"])
+        _mark(shards)
+    return {name: shards / name for name in FACE_SOURCES}
+
+
+def reactions(base: Path | None = None, *, size: str = "full") -> Path:
+    """The built-in Hume-Reaction folder (ABAW5 layout, plus transcripts.csv), written if missing."""
+    from shared.synthetic.builtin_reactions import write_builtin_reactions
+    base = base or root()
+    folder = base / "reactions"
+    if not _done(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        write_builtin_reactions(folder, **VIDEOS[size])
+        _mark(folder)
+    return folder
+
+
+def transcripts(folder: Path | str) -> dict[str, str]:
+    """file_id -> transcript of the built-in videos (their `transcripts.csv`)."""
+    import csv
+    with open(Path(folder) / "transcripts.csv", newline="") as f:
+        return {row["file_id"]: row["text"] for row in csv.DictReader(f)}
+
+
+def text_models(base: Path | None = None) -> dict[str, Path]:
+    """Tiny random HuBERT and DeBERTa-v3 in the hub layout (they load through from_pretrained)."""
+    from shared.synthetic.hf_models import save_deberta, save_hubert
+    base = base or root()
+    folder = base / "models"
+    if not _done(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        save_hubert(folder / "hubert")
+        save_deberta(folder / "deberta")
+        _mark(folder)
+    return {"audio": folder / "hubert", "text": folder / "deberta"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["faces", "reactions", "models", "all"])
+    p.add_argument("--root", type=Path, help=f"where (default ${ROOT_ENV} or ~/.cache/affect-lineage/builtin)")
+    p.add_argument("--quick", action="store_true", help="fewer faces and videos (smoke tests)")
+    p.add_argument("--debug", action="store_true", help="tracebacks on errors")
+    args = p.parse_args(argv)
+    size = "quick" if args.quick else "full"
+    if args.what in ("faces", "all"):
+        for name, folder in face_shards(args.root, size=size).items():
+            print(f"{name}: {folder}")
+    if args.what in ("reactions", "all"):
+        print(f"reactions: {reactions(args.root, size=size)}")
+    if args.what in ("models", "all"):
+        for name, folder in text_models(args.root).items():
+            print(f"{name} model: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
