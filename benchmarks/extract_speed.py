@@ -9,13 +9,11 @@ encoder size) over 224x224 face crops, as `extract.py visual` does (bf16 on GPU)
 The projection multiplies by an assumed mean clip length (`--seconds-per-video`): pass the real
 one of your copy of the dataset.
 
-    python benchmarks/extract_speed.py [--resolution 640x360] [--fps 6] [--device auto]
+    python benchmarks/extract_speed.py [--resolution 640x360] [--fps 6] [--device auto] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +21,13 @@ from pathlib import Path
 import torch
 import timm
 
+from common import header, parse_sized_args, result
 from eri_downstream.faces import extract_faces, make_detector
 from shared.synthetic.reactions import write_hume_reaction
-from hardware import cores, cpu_model
+from hardware import machine
 
 HUME_VIDEOS = 25_067  # 15,806 train + 4,657 val + 4,604 test
+QUICK = dict(videos=1, seconds=1.0, batch_size=4, batches=1)
 
 
 def face_rate(videos: list[Path], device: str, fps: float) -> tuple[float, int]:
@@ -55,7 +55,7 @@ def visual_rate(device: str, batch: int, batches: int) -> float:
     return batch * batches / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--resolution", default="640x360", help="video frame size WxH (default %(default)s)")
     p.add_argument("--videos", type=int, default=3, help="train videos to time (default %(default)s)")
@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--seconds-per-video", type=float, default=10.0, help="assumed mean Hume-Reaction clip length")
     p.add_argument("--device", default="auto")
-    args = p.parse_args()
+    args = parse_sized_args(p, argv, QUICK)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     width, height = (int(v) for v in args.resolution.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,17 +77,24 @@ def main() -> None:
         faces_per_s, frames = face_rate(videos, device, args.fps)
     visual_per_s = visual_rate(device, args.batch_size, args.batches)
     per_video = args.seconds_per_video * args.fps
-    gpu = torch.cuda.get_device_name() if device == "cuda" else "none"
-    print(f"machine: {cpu_model()}, {cores()}, GPU {gpu}; torch {torch.__version__}, timm {timm.__version__}")
-    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    header(machine(timm=timm.__version__))
     print(f"faces:   MTCNN + tracking + 224 crops, {width}x{height} h264, {args.fps:g} frames/s kept: "
           f"{faces_per_s:.1f} frames/s ({frames} frames)")
     print(f"visual:  ViT-B/16 (random weights), batch {args.batch_size}, {device}: {visual_per_s:.1f} frames/s")
+    hours = {}
     for name, rate in (("faces", faces_per_s), ("visual", visual_per_s)):
-        hours = HUME_VIDEOS * per_video / rate / 3600
+        hours[name] = HUME_VIDEOS * per_video / rate / 3600
         print(f"projected {name} step for {HUME_VIDEOS} videos x {args.seconds_per_video:g} s x {args.fps:g} "
-              f"frames/s on one process: {hours:.1f} h")
+              f"frames/s on one process: {hours[name]:.1f} h")
+    # no reference implementation to compare with: figures only
+    result("extract_speed faces", f"stage-3a MTCNN + tracking + 224 crops, {width}x{height} h264 ({device})",
+           f"{faces_per_s:.1f} frames/s; {hours['faces']:.1f} h for {HUME_VIDEOS} videos", ratio=faces_per_s,
+           unit="frames/s", note=f"{frames} frames")
+    result("extract_speed visual", f"stage-3a ViT-B/16 features, batch {args.batch_size} ({device})",
+           f"{visual_per_s:.1f} frames/s; {hours['visual']:.1f} h for {HUME_VIDEOS} videos", ratio=visual_per_s,
+           unit="frames/s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -15,30 +15,26 @@ CUDA), the same batch of images and, at step i, the same masking noise for both 
 take `noise=`), so both keep exactly the same patches.
 
 Timing: each model is warmed up, then the timed steps are split into repeats that are
-interleaved (ours, transformers, ours, ...) so drift on a shared machine hits both alike; the
-median repeat is reported, with the per-repeat ratio spread. The target is ours >= 1.0x.
+interleaved (ours, transformers, ours, ...) so drift on a shared machine hits both alike; each
+model's median repeat is reported, and the ratio is the median of the per-repeat ratios (each
+repeat times both back to back), with its spread. The target is ours >= 1.0x.
 
-On CUDA: bf16 autocast by default, peak memory (torch.cuda.max_memory_allocated, this model's
-own share), and MFU = achieved FLOP/s / peak bf16 FLOP/s. The FLOPs per image are 56.3 GFLOP
-for ViT-B/16 at 224 with 75 % masking (forward + backward; the project's reference notes say ~56)
-and `mae_flops_per_image` (matmuls only, forward x 3) for any other configuration. Peak bf16
-dense TFLOP/s: A100 312, H100 SXM 989, H100 PCIe 756, H200 989 (the reference notes give
-about 790 measured on an H200); `--peak-tflops` overrides.
+On CUDA (the GPU step benchmark: ViT-B/16, bf16 autocast, batch 256, fused AdamW): peak memory
+(torch.cuda.max_memory_allocated, this model's own share; target <= 40 GiB) and MFU (see
+`mfu.py`: 56.3 GFLOP per image, dense bf16 peaks from the GPU name; `--peak-tflops` overrides).
+`--device cuda` on a machine without CUDA prints NOT MEASURED and exits 0.
 
     python benchmarks/mae_step.py [--model NAME] [--img-size S] [--batch-size B] [--steps N]
                                   [--warmup W] [--repeats R] [--device auto|cpu|cuda]
                                   [--dtype auto|fp32|bf16] [--compile] [--peak-tflops T]
-                                  [--hf-attn sdpa|eager] [--profile]
+                                  [--hf-attn sdpa|eager] [--profile] [--quick]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import importlib.util
-import platform
-import shlex
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,81 +44,22 @@ import timm
 import torch
 import torch.nn as nn
 
-from hardware import cores, cpu_model
+from common import header, not_measured, paired_ratio, result, split, verdict
+from hardware import machine
+from mfu import H200_SUSTAINED_TFLOPS, MASK_RATIO, MFU_TARGET_PERCENT, flops_used_for_mfu, mae_flops_per_image, \
+    mae_forward_flops, peak_tflops, target_peak_tflops
 from pretrain_mae.hf_interop import to_transformers
 from pretrain_mae.model import MaskedAutoencoder, build_mae
 from shared.training.config import OptimConfig
 from shared.training.optim import adamw
 
 TARGET_RATIO = 1.0
-MASK_RATIO = 0.75
-# ViT-B/16, 224 px, 75 % masking (49 of 196 patches kept), decoder 512 x 8: forward + backward
-REFERENCE_GFLOP_VIT_B16 = 56.3
-VIT_B16_224 = dict(img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
-                   decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0)
-# dense bf16 tensor-core peaks (datasheet); searched in order in torch.cuda.get_device_name()
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H200", 989.0), ("H100", 989.0), ("A100", 312.0))
-H200_MEASURED_TFLOPS = 790.0  # the project's reference notes: what an H200 is measured to sustain
+PEAK_MEMORY_TARGET_GIB = 40.0
 
 CPU_DEFAULTS = dict(model="mae_vit_tiny_patch16", batch_size=16, steps=56, warmup=3, repeats=14)
 CUDA_DEFAULTS = dict(model="mae_vit_base_patch16", batch_size=256, steps=50, warmup=10, repeats=5)
-
-
-# ----------------------------------------------------------------------------- FLOPs
-
-
-def mae_forward_flops(model: MaskedAutoencoder, mask_ratio: float = MASK_RATIO) -> dict[str, float]:
-    """Matmul FLOPs (2 per multiply-add) of one image's forward pass, by part.
-
-    Encoder on the 1 + K visible tokens (K = int(L * (1 - mask_ratio))), decoder on all 1 + L.
-    Per block on T tokens of width D, hidden H = mlp_ratio * D: qkv 3D^2 + proj D^2 + MLP 2DH
-    multiply-adds per token, and QK^T + AV 2 T^2 D for the attention. The patch embedding runs on
-    all L patches (before masking). Norms, GELU, softmax and the loss are not counted.
-    """
-    c = model.mae_config
-    p, ch = c["patch_size"], c["in_chans"]
-    length = (c["img_size"] // p) ** 2
-    kept = int(length * (1 - mask_ratio))
-
-    def blocks(depth: int, tokens: int, width: int) -> tuple[float, float]:
-        hidden = int(width * c["mlp_ratio"])
-        linear = 2 * tokens * (4 * width * width + 2 * width * hidden)
-        attention = 2 * 2 * tokens * tokens * width
-        return depth * linear, depth * attention
-
-    enc_lin, enc_att = blocks(c["depth"], 1 + kept, c["embed_dim"])
-    dec_lin, dec_att = blocks(c["decoder_depth"], 1 + length, c["decoder_embed_dim"])
-    return {
-        "patch embedding": 2 * length * p * p * ch * c["embed_dim"],
-        "encoder linears": enc_lin,
-        "encoder attention": enc_att,
-        "decoder_embed": 2 * (1 + kept) * c["embed_dim"] * c["decoder_embed_dim"],
-        "decoder linears": dec_lin,
-        "decoder attention": dec_att,
-        "decoder_pred": 2 * (1 + length) * c["decoder_embed_dim"] * p * p * ch,
-    }
-
-
-def mae_flops_per_image(model: MaskedAutoencoder, mask_ratio: float = MASK_RATIO) -> float:
-    """FLOPs of one image's training step: matmul FLOPs of the forward pass x 3 (backward = 2x)."""
-    return 3 * sum(mae_forward_flops(model, mask_ratio).values())
-
-
-def flops_used_for_mfu(model: MaskedAutoencoder, mask_ratio: float) -> tuple[float, str]:
-    c = model.mae_config
-    if mask_ratio == MASK_RATIO and all(c[k] == v for k, v in VIT_B16_224.items()):
-        return REFERENCE_GFLOP_VIT_B16 * 1e9, f"{REFERENCE_GFLOP_VIT_B16} GFLOP (ViT-B/16 constant)"
-    flops = mae_flops_per_image(model, mask_ratio)
-    return flops, f"{flops / 1e9:.4g} GFLOP (mae_flops_per_image)"
-
-
-def peak_tflops(gpu_name: str, override: float | None) -> tuple[float | None, str]:
-    if override is not None:
-        return override, f"{override:g} TFLOP/s (--peak-tflops)"
-    for key, value in PEAK_BF16_TFLOPS:
-        if key.lower() in gpu_name.lower():
-            return value, f"{value:g} TFLOP/s ({key} bf16 dense, datasheet)"
-    return None, "unknown GPU: pass --peak-tflops for MFU"
+QUICK = {"cpu": dict(batch_size=8, steps=4, warmup=1, repeats=2), "cuda": dict(steps=10, warmup=3, repeats=2)}
+ROW = {"cpu": "mae_step (CPU)", "cuda": "mae_step (GPU)"}
 
 
 # ----------------------------------------------------------------------------- transformers twin
@@ -219,11 +156,6 @@ def measure(contenders: list[Contender], imgs, noises, autocast, args, device) -
             c.rates.append(steps * batch / (time.perf_counter() - start))
 
 
-def split(steps: int, repeats: int) -> list[int]:
-    base, extra = divmod(steps, repeats)
-    return [base + (i < extra) for i in range(repeats)]
-
-
 def check_same_function(contenders: list[Contender], imgs, noise, autocast) -> float:
     """|loss_ours - loss_transformers| on the first batch, before any step."""
     with torch.no_grad():
@@ -266,27 +198,14 @@ def attention_of_theirs(hf) -> str:
     return f"ViTMAEAttention, separate q/k/v Linears -> attn_implementation={impl!r} ({what})"
 
 
-def machine(device: torch.device) -> str:
+def report(contenders, args, device, dtype_name, mae, hf, loss_gap, flops_info) -> None:
     import transformers
 
-    text = (f"{cpu_model()}, {cores()}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, transformers {transformers.__version__}, timm {timm.__version__}")
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(device if device.type == "cuda" else 0)
-        text += (f"; GPU {props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, "
-                 f"{torch.cuda.device_count()} visible)")
-    else:
-        text += "; no GPU"
-    return text
-
-
-def report(contenders, args, device, dtype_name, mae, hf, loss_gap, flops_info) -> None:
     ours, theirs = contenders
     c = mae.mae_config
     length = mae.patch_embed.num_patches
     kept = int(length * (1 - MASK_RATIO))
-    print(f"machine: {machine(device)}")
-    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    header(machine(transformers=transformers.__version__, timm=timm.__version__))
     print(f"model:   {args.model}, img {c['img_size']} px, patch {c['patch_size']}, encoder {c['embed_dim']} x "
           f"{c['depth']} ({c['num_heads']} heads), decoder {c['decoder_embed_dim']} x {c['decoder_depth']} "
           f"({c['decoder_num_heads']} heads), mlp {c['mlp_ratio']:g}, norm_pix_loss {mae.norm_pix_loss}, "
@@ -308,12 +227,11 @@ def report(contenders, args, device, dtype_name, mae, hf, loss_gap, flops_info) 
     for x in contenders:
         ms = 1000 * args.batch_size / x.median
         print(f"{x.name:50s} {x.median:9.2f} {min(x.rates):9.2f}..{max(x.rates):<9.2f} {ms:8.1f}")
-    ratio = ours.median / theirs.median
-    ratios = [a / b for a, b in zip(ours.rates, theirs.rates)]
-    verdict = "PASS" if ratio >= TARGET_RATIO else "BELOW"
+    ratio, low, high = paired_ratio(ours.rates, theirs.rates)
+    passed = verdict(ratio, TARGET_RATIO)
     print()
-    print(f"ratio ours/transformers: {ratio:.3f}x (per repeat: median {statistics.median(ratios):.3f}, "
-          f"{min(ratios):.3f}..{max(ratios):.3f})   target >= {TARGET_RATIO:g}x: {verdict}")
+    print(f"ratio ours/transformers: {ratio:.3f}x (median of the {args.repeats} per-repeat ratios, {low:.3f}..{high:.3f}; "
+          f"ratio of the median rates {ours.median / theirs.median:.3f})   target >= {TARGET_RATIO:g}x: {passed}")
     print()
     forward = mae_forward_flops(mae, MASK_RATIO)
     analytic = mae_flops_per_image(mae, MASK_RATIO)
@@ -322,6 +240,11 @@ def report(contenders, args, device, dtype_name, mae, hf, loss_gap, flops_info) 
           f"forward GFLOP: {parts})")
     flops, flops_text = flops_info
     print(f"         used for MFU: {flops_text}")
+    what = (f"training step img/s, ours vs transformers ViTMAE ({args.model}, batch {args.batch_size}, {dtype_name}"
+            f"{', compiled' if args.compile else ''})")
+    result(ROW[device.type], what, f"{ours.median:.2f} vs {theirs.median:.2f} img/s", ratio=ratio,
+           target=f"≥ {TARGET_RATIO:g}x", verdict=passed,
+           note=f"median of {args.repeats} per-repeat ratios, {low:.3f}..{high:.3f}")
     if device.type != "cuda":
         achieved = [x.median * flops / 1e12 for x in contenders]
         print(f"         achieved: ours {achieved[0] * 1e3:.1f} GFLOP/s, transformers {achieved[1] * 1e3:.1f} GFLOP/s "
@@ -335,11 +258,26 @@ def report(contenders, args, device, dtype_name, mae, hf, loss_gap, flops_info) 
         mfu = f"MFU {100 * achieved / peak:.1f} %" if peak else "MFU n/a"
         extra = ""
         if peak and "H200" in name and args.peak_tflops is None:
-            extra = f" ({100 * achieved / H200_MEASURED_TFLOPS:.1f} % of the ~{H200_MEASURED_TFLOPS:g} measured)"
+            extra = f" ({100 * achieved / H200_SUSTAINED_TFLOPS:.1f} % of the ~{H200_SUSTAINED_TFLOPS:g} sustained)"
         print(f"  {x.name:48s} {achieved:7.1f} TFLOP/s  {mfu}{extra}  "
               f"peak memory {x.peak_bytes / 2**30:.2f} GiB")
     print("  (peak memory: torch.cuda.max_memory_allocated over one step, minus the other model's resident "
           "params + optimizer state)")
+    achieved = ours.median * flops / 1e12
+    basis, basis_text = target_peak_tflops(name, args.peak_tflops)
+    if basis:
+        mfu = 100 * achieved / basis
+        needed = MFU_TARGET_PERCENT / 100 * basis * 1e12 / flops
+        print(f"MFU target: >= {MFU_TARGET_PERCENT:g} % of {basis_text} = {needed:.0f} img/s; ours {mfu:.1f} %: "
+              f"{verdict(mfu, MFU_TARGET_PERCENT)}")
+        result("mae_step (GPU) MFU", f"ours, {flops_text} x img/s / {basis_text}",
+               f"{achieved:.1f} TFLOP/s, {ours.median:.0f} img/s on {name}", ratio=mfu, unit="%",
+               target=f"≥ {MFU_TARGET_PERCENT:g} % ({needed:.0f} img/s)", verdict=verdict(mfu, MFU_TARGET_PERCENT),
+               note=f"{100 * achieved / peak:.1f} % of {peak_text}" if peak else "")
+    gib = ours.peak_bytes / 2**30
+    result("mae_step (GPU) peak memory", f"ours, batch {args.batch_size}, max_memory_allocated over one step",
+           f"{gib:.2f} GiB on {name}", ratio=gib, unit="GiB", target=f"≤ {PEAK_MEMORY_TARGET_GIB:g} GiB",
+           verdict=verdict(gib, PEAK_MEMORY_TARGET_GIB, higher_is_better=False))
 
 
 # ----------------------------------------------------------------------------- main
@@ -363,13 +301,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hf-attn", choices=("sdpa", "eager"), default="sdpa",
                         help="transformers' attn_implementation (default %(default)s)")
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table of 2 steps each")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run: fewer steps (and batch 8 on CPU)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but torch.cuda.is_available() is False")
-    for key, value in (CUDA_DEFAULTS if args.device == "cuda" else CPU_DEFAULTS).items():
+    defaults = {**(CUDA_DEFAULTS if args.device == "cuda" else CPU_DEFAULTS), **(QUICK[args.device] if args.quick else {})}
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.dtype == "auto":
@@ -381,6 +319,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        header(machine())
+        config = f"{args.model}, batch {args.batch_size}, {args.dtype}"
+        for name, what, target in (
+                (ROW["cuda"], f"training step img/s, ours vs transformers ViTMAE ({config})", f"≥ {TARGET_RATIO:g}x"),
+                ("mae_step (GPU) MFU", f"ours, 56.3 GFLOP/img x img/s / bf16 peak ({config})",
+                 f"≥ {MFU_TARGET_PERCENT:g} %"),
+                ("mae_step (GPU) peak memory", f"ours, max_memory_allocated over one step ({config})",
+                 f"≤ {PEAK_MEMORY_TARGET_GIB:g} GiB")):
+            not_measured(name, what, target, "no CUDA device")
+        return 0
     if importlib.util.find_spec("transformers") is None:
         raise SystemExit("transformers is not installed: pip install -e '.[eri]' (or pip install transformers)")
     device = torch.device(args.device)

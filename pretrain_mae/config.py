@@ -32,6 +32,11 @@ class DataSection:
     augment: str = "mae"  # mae: RandomResizedCrop + flip; resize: plain resize + flip (face MAE variants)
     scale: tuple[float, float] = (0.2, 1.0)
     interpolation: str = "bicubic"
+    # Where the crops are made. Default: in the loader workers. For GPU nodes short of CPU cores:
+    # device_augment crops, resizes and flips on the device (the workers only decode), and
+    # device_decode decodes the JPEGs there too (nvJPEG). The same crops and flips either way.
+    device_augment: bool = False
+    device_decode: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 

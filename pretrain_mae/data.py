@@ -21,5 +21,6 @@ def build_data(cfg: DataSection, *, image_size: int, seed: int, rank: int, world
     stream_cfg = StreamConfig(mode="resampled", batch_size=cfg.batch_size, batches_per_epoch=cfg.batches_per_epoch,
                               shuffle_buffer=cfg.shuffle_buffer, block_size=cfg.block_size, seed=seed,
                               num_workers=cfg.num_workers, pin_memory=pin_memory, augment=augment,
-                              exclude=list(cfg.exclude))
+                              exclude=list(cfg.exclude),
+                              output="jpeg" if cfg.device_decode else "decoded" if cfg.device_augment else "pixels")
     return FaceStream(sources, stream_cfg, rank=rank, world_size=world_size)

@@ -174,7 +174,7 @@ def test_held_out_splits_can_never_be_pretrained_on(shards):
     # a URL pattern carries no manifest: the samples' own metadata stops the stream
     val_shards = sorted(str(p) for p in shards["affectnet"].glob("affectnet-val-*.tar"))
     stream = FaceStream([resolve("a", val_shards)], config(num_workers=0))
-    with pytest.raises(RuntimeError, match="held-out"):
+    with pytest.raises(UserError, match="held-out"):
         next(iter(stream))
 
 

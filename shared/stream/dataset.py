@@ -9,7 +9,9 @@ an uninterrupted run would have produced.
 
 Batches are dicts: image uint8 (B, 3, H, W) (channels-last in memory: zero-copy from the
 decoder), valid bool (B,) (False for padding in exact mode), label int64 (B,) (-1 when the
-shard has no class), key list[str], meta list[dict].
+shard has no class), key list[str], meta list[dict]. With `output="decoded"` or `"jpeg"`, "plan"
+(`decode.pack_plans`: decoded pixels or JPEG bytes, crop boxes and flips) replaces "image", and
+`shared.training.device_input` makes the images on the device: the same crops and flips.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import order
-from .decode import Augment, decode_sample
+from .decode import OUTPUTS, Augment, decode_sample, pack_plans, plan_sample
 from .reading import ErrorLog, derive_seed, placeholder
 from .sources import Source, class_subset
 from ..errors import UserError
@@ -51,6 +53,8 @@ class StreamConfig:
     exclude: list[str] = field(default_factory=list)  # exclusion lists from `face-shards leakage`
     label_map: dict[int, int] | None = None  # class code -> label; samples of other codes are left out
     balance_classes: bool = False  # resampled: every class equally often in expectation
+    # pixels: augmented in the workers | decoded: cropped, resized, flipped on the device | jpeg: decoded there too
+    output: str = "pixels"
 
     def __post_init__(self):
         if isinstance(self.augment, dict):
@@ -61,6 +65,11 @@ class StreamConfig:
             raise UserError("resampled mode needs batches_per_epoch (per rank): training length is counted in steps")
         if self.balance_classes and self.mode != "resampled":
             raise UserError("balance_classes samples with replacement: it needs mode=resampled")
+        if self.output not in OUTPUTS:
+            raise UserError(f"stream output {self.output!r}; expected one of {OUTPUTS}")
+        if self.output != "pixels" and (self.augment.kind == "none" or self.augment.auto_augment):
+            raise UserError(f"output={self.output!r} resizes on the device: it needs an augment kind that resizes "
+                            "(mae, resize, eval) and no RandAugment, which runs on the CPU")
         if self.batch_size < 1 or self.num_workers < 0:
             raise UserError(f"batch_size must be >= 1 and num_workers >= 0 (got {self.batch_size}, {self.num_workers})")
 
@@ -125,7 +134,11 @@ class _Workers(IterableDataset):
                     labels.append(label)
                     keys.append(sample["__key__"])
                     metas.append(meta)
-            yield {"image": _stack(images, cfg.augment.size), "valid": torch.tensor(valid),
+            if cfg.output == "pixels":
+                pixels = {"image": _stack(images, cfg.augment.size)}
+            else:
+                pixels = {"plan": pack_plans(images, cfg.augment)}
+            yield {**pixels, "valid": torch.tensor(valid),
                    "label": torch.tensor(labels, dtype=torch.int64), "key": keys, "meta": metas,
                    "_worker": worker, "_cursors": list(cursors), "_errors": errors.count,
                    "_messages": errors.take_unreported()}
@@ -135,7 +148,10 @@ class _Workers(IterableDataset):
         padding entry in exact mode (every slot keeps its planned size)."""
         cfg = self.cfg
         try:
-            image, meta, label = decode_sample(sample, cfg.augment, rng)
+            if cfg.output == "pixels":
+                image, meta, label = decode_sample(sample, cfg.augment, rng)
+            else:  # the same draws from rng; decoding and/or resampling left to the device
+                image, meta, label = plan_sample(sample, cfg.augment, rng, decode=cfg.output == "decoded")
         except Exception as exn:  # noqa: BLE001 - a corrupt sample is counted and skipped
             errors.add(f"{sample.get('__url__', '?')} {sample.get('__key__')}: {type(exn).__name__}: {exn}")
             if cfg.mode == "resampled":
@@ -144,8 +160,8 @@ class _Workers(IterableDataset):
         if self.label_map is not None and image is not None:
             label = self.label_map[label]
         if cfg.mode == "resampled" and meta.get("holdout"):
-            raise RuntimeError(f"{sample.get('__url__')}: sample {sample['__key__']} is held-out evaluation data "
-                               "and can never be used for pretraining")
+            raise UserError(f"{sample.get('__url__')}: sample {sample['__key__']} is held-out evaluation data "
+                            "and can never be used for pretraining; leave that split out of the sources")
         return image, meta, label
 
 

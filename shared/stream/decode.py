@@ -10,6 +10,10 @@ resumed stream augments every sample exactly as the uninterrupted one did.
 - `resize`: plain resize to size + horizontal flip (face MAE variants)
 - `eval`:   resize to size / crop_pct, centre crop to size
 - `none`:   the stored image as is
+
+`plan_sample` is the other way to the same images: it draws the crop box and the flip from the
+same RNG in the same order, but leaves decoding (or only the crop, resize and flip) to the device
+(`shared.training.device_input`), for GPU nodes with few CPU cores per GPU.
 """
 from __future__ import annotations
 
@@ -82,6 +86,20 @@ def decode_image(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
 
 
+def draw_geometry(width: int, height: int, aug: Augment, rng: random.Random) -> tuple[tuple[int, int, int, int], bool]:
+    """The crop box (left, top, w, h) and the horizontal flip of one image, drawn from `rng` in
+    the order `augment_image` always drew them (crop, then flip): both decode paths agree."""
+    if aug.kind in ("mae", "finetune"):
+        box = random_resized_crop(width, height, aug.scale, aug.ratio, rng)
+    elif aug.kind == "eval":
+        side = round(min(width, height) * aug.crop_pct)
+        box = ((width - side) // 2, (height - side) // 2, side, side)
+    else:  # resize, none: the whole image
+        box = (0, 0, width, height)
+    flip = aug.kind in ("mae", "finetune", "resize") and rng.random() < aug.hflip
+    return box, flip
+
+
 def _crop_resize(image: torch.Tensor, box: tuple[int, int, int, int], aug: Augment) -> torch.Tensor:
     """Crop (left, top, w, h) and resize to size x size with antialiasing, as torchvision's
     RandomResizedCrop does, but on uint8 channels-last data (several times faster than PIL)."""
@@ -94,16 +112,9 @@ def augment_image(data: bytes, aug: Augment, rng: random.Random) -> np.ndarray:
     """Returns HxWx3 uint8."""
     image = decode_image(data)
     height, width = image.shape[1:]
-    if aug.kind in ("mae", "finetune"):
-        out = _crop_resize(image, random_resized_crop(width, height, aug.scale, aug.ratio, rng), aug)
-    elif aug.kind == "resize":
-        out = _crop_resize(image, (0, 0, width, height), aug)
-    elif aug.kind == "eval":
-        side = round(min(width, height) * aug.crop_pct)
-        out = _crop_resize(image, ((width - side) // 2, (height - side) // 2, side, side), aug)
-    else:
-        out = image
-    if aug.kind in ("mae", "finetune", "resize") and rng.random() < aug.hflip:
+    box, flip = draw_geometry(width, height, aug, rng)
+    out = image if aug.kind == "none" else _crop_resize(image, box, aug)
+    if flip:
         out = out.flip(-1)
     if aug.kind == "finetune" and aug.auto_augment:
         out = _rand_augment(out, aug, rng)
@@ -141,3 +152,103 @@ def decode_sample(sample: dict, aug: Augment, rng: random.Random) -> tuple[np.nd
     meta = json.loads(sample["json"]) if "json" in sample else {}
     label = int(sample["cls"]) if "cls" in sample else -1
     return image, meta, label
+
+
+# ----------------------------------------------------------------------------- device-side decoding
+
+# start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic coded)
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header, without decoding it (a few microseconds, where
+    a decode takes a few hundred). Raises ValueError when there is no valid frame header, or no
+    end-of-image marker after it: a truncated file, which the CPU decoder refuses too (FF D9
+    cannot occur inside entropy-coded data, so finding it means the scan is complete)."""
+    width, height, frame = _frame_header(data)
+    if data.rfind(b"\xff\xd9") < frame:
+        raise ValueError("JPEG: truncated (no end-of-image marker)")
+    return width, height
+
+
+def _frame_header(data: bytes) -> tuple[int, int, int]:
+    """(width, height, offset of the frame header)."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ValueError(f"JPEG: no marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            break
+        if marker in _SOF and i + 9 <= n:
+            height, width = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            if width and height:
+                return width, height, i
+            break
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    raise ValueError("JPEG: no frame header with a size")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One image for the device: its bytes, either a JPEG (decoded there) or decoded HxWx3
+    pixels, and the crop box and flip that `augment_image` would have applied."""
+    payload: np.ndarray  # uint8, 1-D
+    jpeg: bool
+    height: int
+    width: int
+    box: tuple[int, int, int, int]  # left, top, w, h
+    flip: bool
+
+
+# what the stream hands over per sample: augmented pixels, or a plan for the device
+OUTPUTS = ("pixels", "decoded", "jpeg")
+
+
+def plan_image(data: bytes, aug: Augment, rng: random.Random, *, decode: bool) -> Planned:
+    """The device-side counterpart of `augment_image`: the same draws from `rng`, no resampling.
+    `decode=False` keeps JPEGs encoded (only their header is read); other formats, or
+    `decode=True`, are decoded here. Raises on a JPEG without a readable frame header."""
+    if not decode and data[:2] == b"\xff\xd8":
+        width, height = jpeg_size(data)
+        payload, jpeg = np.frombuffer(data, np.uint8), True
+    else:
+        image = decode_image(data)  # (3, H, W), channels-last in memory: HxWx3 bytes without a copy
+        height, width = image.shape[1:]
+        payload, jpeg = image.permute(1, 2, 0).contiguous().numpy().reshape(-1), False
+    box, flip = draw_geometry(width, height, aug, rng)
+    return Planned(payload, jpeg, height, width, box, flip)
+
+
+def plan_sample(sample: dict, aug: Augment, rng: random.Random, *, decode: bool) -> tuple[Planned | None, dict, int]:
+    """`decode_sample` for the device paths: (plan, metadata, label); plan None for a placeholder."""
+    if PLACEHOLDER in sample:
+        return None, {}, -1
+    planned = plan_image(sample["jpg"], aug, rng, decode=decode)
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    label = int(sample["cls"]) if "cls" in sample else -1
+    return planned, meta, label
+
+
+def pack_plans(plans: list[Planned | None], aug: Augment) -> dict:
+    """One batch of plans as a few tensors (one buffer for all bytes: one transfer between
+    processes instead of one per image). A placeholder (None) becomes a black image, as in
+    `pixels` batches."""
+    blank = Planned(np.zeros(aug.size * aug.size * 3, np.uint8), False, aug.size, aug.size,
+                    (0, 0, aug.size, aug.size), False)
+    plans = [p if p is not None else blank for p in plans]
+    offsets = np.zeros(len(plans) + 1, np.int64)
+    np.cumsum([p.payload.size for p in plans], out=offsets[1:])
+    return {"data": torch.from_numpy(np.concatenate([p.payload for p in plans])),
+            "offsets": torch.from_numpy(offsets),
+            "jpeg": torch.tensor([p.jpeg for p in plans]),
+            "shape": torch.tensor([(p.height, p.width) for p in plans], dtype=torch.int64).view(-1, 2),
+            "box": torch.tensor([p.box for p in plans], dtype=torch.int64).view(-1, 4),
+            "flip": torch.tensor([p.flip for p in plans]),
+            "size": aug.size, "interpolation": aug.interpolation}
