@@ -23,16 +23,21 @@ from accelerate import PartialState
 from eri_downstream.dataset import load_dataset, summary, write_table
 from eri_downstream.steps import STEPS, run_step
 from eri_downstream.store import FeatureStore
+from shared import builtin_data
 from shared.errors import UserError, run_cli
 
 log = logging.getLogger("eri_downstream.extract")
 
 
+AUDIO_MODEL, TEXT_MODEL = "facebook/hubert-base-ls960", "microsoft/deberta-v3-large"
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step", choices=[*STEPS, "table", "all"], help="what to extract")
-    p.add_argument("--data", required=True, help="the raw dataset (ABAW5 data_info.csv or MuSe labels/partition)")
-    p.add_argument("--store", required=True, help="the feature store folder")
+    p.add_argument("--data", help="the raw dataset (ABAW5 data_info.csv or MuSe labels/partition); "
+                   "default: the built-in synthetic reaction videos (with their transcripts and tiny models)")
+    p.add_argument("--store", help="the feature store folder (default with the built-in videos: beside them)")
     p.add_argument("--splits", default="train,val,test", help="splits to process (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="redo finished videos too")
     faces = p.add_argument_group("faces")
@@ -44,12 +49,12 @@ def parse_args(argv):
     visual.add_argument("--encoder", help="the stage-2 (or stage-1) encoder folder, a timm folder")
     p.add_argument("--batch-size", type=int, default=32, help="frames per detector / encoder batch")
     audio = p.add_argument_group("audio")
-    audio.add_argument("--audio-model", default="facebook/hubert-base-ls960")
+    audio.add_argument("--audio-model", help=f"default: {AUDIO_MODEL}")
     audio.add_argument("--chunk-seconds", type=float, default=30.0)
     text = p.add_argument_group("transcripts and text")
     text.add_argument("--asr", default="speech2text", choices=["speech2text", "whisper"])
     text.add_argument("--asr-model", help="default: facebook/s2t-small-librispeech-asr or openai/whisper-small")
-    text.add_argument("--text-model", default="microsoft/deberta-v3-large")
+    text.add_argument("--text-model", help=f"default: {TEXT_MODEL}")
     text.add_argument("--max-length", type=int, default=512)
     return p.parse_args(argv)
 
@@ -59,6 +64,11 @@ def main(argv=None) -> int:
     state = PartialState()
     logging.basicConfig(level=logging.INFO if state.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.data is None:
+        use_builtin(args, state)
+    elif args.store is None:
+        raise UserError("--store: the feature store folder to write (required with --data)")
+    args.audio_model, args.text_model = args.audio_model or AUDIO_MODEL, args.text_model or TEXT_MODEL
     splits = {s.strip() for s in args.splits.split(",")}
     entries = [e for e in load_dataset(args.data) if e.split in splits]
     if not entries:
@@ -73,6 +83,24 @@ def main(argv=None) -> int:
     for step in steps:
         run_step(step, entries, store, args, state)
     return 0
+
+
+def use_builtin(args, state) -> None:
+    """The built-in reaction videos: their transcripts go into the store (as a user's own
+    transcripts would, so no ASR model is needed) and the tiny built-in audio / text encoders
+    stand in for the hub models unless others are named."""
+    with state.main_process_first():
+        args.data = str(builtin_data.reactions())
+        models = builtin_data.text_models()
+    args.store = args.store or str(builtin_data.root() / "features")
+    args.audio_model, args.text_model = args.audio_model or str(models["audio"]), args.text_model or str(models["text"])
+    if state.is_main_process:
+        builtin_data.announce("reaction videos, transcripts and tiny audio / text encoders", builtin_data.root())
+        store = FeatureStore(args.store)
+        store.root.mkdir(parents=True, exist_ok=True)
+        given = builtin_data.transcripts(args.data)
+        store.write_transcripts({**given, **store.read_transcripts()})  # edits made in the store win
+    state.wait_for_everyone()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from eri_downstream.dataset import VideoEntry
 from eri_downstream.store import FeatureStore, fingerprint_files, text_hash
-from shared.errors import UserError
+from shared.errors import RunError, UserError
 
 log = logging.getLogger("eri_downstream.extract")
 STEPS = ("faces", "visual", "audio", "transcripts", "text")
@@ -59,6 +59,18 @@ def run_step(name: str, entries: list[VideoEntry], store: FeatureStore, args, st
     return {"outcomes": dict(total), "failures": all_failures}
 
 
+def save_features(store: FeatureStore, step: str, file_id: str, features: torch.Tensor, **metadata) -> None:
+    """Store features, refusing NaN or infinite values (a failure of this video, listed in the
+    step's failures), which training would otherwise spread to every weight. The check is on
+    the stored float16 values: a value beyond 65504 overflows to infinity there."""
+    stored = features.detach().to("cpu", torch.float16)
+    finite = torch.isfinite(stored)
+    if not finite.all():
+        raise RunError(f"{int((~finite).sum())} of {stored.numel()} {step} feature values are NaN or infinite "
+                       "in float16; nothing written")
+    store.save(step, file_id, stored, **metadata)
+
+
 def faces_step(store: FeatureStore, args, device) -> Step:
     from eri_downstream.faces import extract_faces, make_detector, save_face_track
     detector = make_detector(args.detector, device=device)
@@ -89,11 +101,12 @@ def visual_step(store: FeatureStore, args, device) -> Step:
         track = load_face_track(store.faces(entry.file_id))
         meta = dict(source=str(folder), fingerprint=fingerprint)
         if track.status != "ok":
-            store.save("visual", entry.file_id, torch.zeros(1, encode.info.embed_dim), status=track.status, **meta)
+            save_features(store, "visual", entry.file_id, torch.zeros(1, encode.info.embed_dim),
+                          status=track.status, **meta)
             return track.status
         frames = torch.from_numpy(track.crops).permute(0, 3, 1, 2)  # (T, 3, S, S) uint8
         features = torch.cat([encode(batch) for batch in frames.split(args.batch_size)])  # (T, D)
-        store.save("visual", entry.file_id, features, status="ok", **meta)
+        save_features(store, "visual", entry.file_id, features, status="ok", **meta)
         return "ok"
     return Step(lambda e: store.is_current("visual", e.file_id, fingerprint=fingerprint), work)
 
@@ -108,8 +121,8 @@ def audio_step(store: FeatureStore, args, device) -> Step:
         if source is None:
             raise FileNotFoundError("neither a wav nor an mp4 for this video")
         features = encoder.encode(load_audio(source))  # (T, 768), 50 per second
-        store.save("audio", entry.file_id, features, source=args.audio_model, fingerprint=fingerprint,
-                   status="ok", from_file=str(source))
+        save_features(store, "audio", entry.file_id, features, source=args.audio_model, fingerprint=fingerprint,
+                      status="ok", from_file=str(source))
         return "ok" if entry.wav else "ok (mp4 audio track)"
     return Step(lambda e: store.is_current("audio", e.file_id, fingerprint=fingerprint), work)
 
@@ -117,15 +130,17 @@ def audio_step(store: FeatureStore, args, device) -> Step:
 def transcripts_step(store: FeatureStore, args, device) -> Step:
     from eri_downstream.audio import load_audio
     from eri_downstream.text import Transcriber
-    transcriber = Transcriber(args.asr, model=args.asr_model, device=device)
     existing = store.read_transcripts()
     texts: dict[str, str] = {}  # this process's new transcripts, gathered for `finish`
+    transcriber = []  # loaded on the first video without a transcript: given ones need no ASR model
 
     def work(entry: VideoEntry) -> str:
         source = entry.wav or entry.mp4
         if source is None:
             raise FileNotFoundError("neither a wav nor an mp4 for this video")
-        texts[entry.file_id] = transcriber.transcribe(load_audio(source))
+        if not transcriber:
+            transcriber.append(Transcriber(args.asr, model=args.asr_model, device=device))
+        texts[entry.file_id] = transcriber[0].transcribe(load_audio(source))
         return "ok" if texts[entry.file_id] else "ok (no speech)"
 
     def finish(new: dict[str, str]) -> None:
@@ -147,8 +162,8 @@ def text_step(store: FeatureStore, args, device) -> Step:
         if entry.file_id not in transcripts:
             raise KeyError("no transcript: run the transcripts step first")
         text = transcripts[entry.file_id]
-        store.save("text", entry.file_id, encoder.encode(text), source=args.text_model,
-                   status="ok" if text.strip() else "no-speech", **expected(entry))
+        save_features(store, "text", entry.file_id, encoder.encode(text), source=args.text_model,
+                      status="ok" if text.strip() else "no-speech", **expected(entry))
         return "ok" if text.strip() else "no speech (zeros)"
     return Step(lambda e: store.is_current("text", e.file_id, **expected(e)), work)
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate.utils import gather_object
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler
@@ -30,8 +31,10 @@ from eri_downstream.dataset import EMOTIONS, read_table
 from eri_downstream.folds import cv_folds, write_submission
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import ERIModel, ERIModelConfig
+from eri_downstream.store import FeatureStore
 from eri_downstream.visual import FrameEncoder
-from shared.config import load_config, parse_cli, to_dict
+from shared import builtin_data
+from shared.config import from_dict, load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
 from shared.metrics import pearson_report
 from shared.plots import bar_chart, learning_curves, scatter_grid
@@ -88,6 +91,18 @@ def report_for(preds: dict[str, np.ndarray], entries) -> dict:
     return {**pearson_report(pred, true, EMOTIONS), "videos": len(labelled)}
 
 
+def feature_dims(store: Path, modalities, file_id: str) -> dict[str, int]:
+    """Each modality's feature size, read from one stored video (the encoders decide it)."""
+    dims = {}
+    for modality in modalities:
+        path = FeatureStore(store).features(modality, file_id)
+        if not path.is_file():
+            raise UserError(f"{path}: missing; run `eri_downstream/extract.py {modality}` for this store first")
+        with safe_open(str(path), framework="pt") as f:
+            dims[f"{modality}_dim"] = f.get_slice("features").get_shape()[-1]
+    return dims
+
+
 def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_entries, out: Path,
              resolved: dict) -> dict | int:
     """Train on train_entries, select on val_entries; returns the result or EXIT_REQUEUE."""
@@ -95,13 +110,17 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
         return json.loads((out / "report.json").read_text())
     modalities = tuple(cfg.model.modalities)
     front = None
-    derived = {"num_frames": cfg.data.k}  # the temporal SE re-weights K frame slots: the data's K
+    derived = {"num_frames": cfg.data.k,  # the temporal SE re-weights K frame slots: the data's K
+               **feature_dims(store, [m for m in modalities if not (m == "visual" and cfg.data.end_to_end)],
+                              train_entries[0].file_id)}
     if cfg.data.end_to_end and "visual" in modalities:
         if not cfg.data.encoder:
             raise UserError("data.end_to_end needs data.encoder: the frozen encoder folder (stage-2 export)")
         front = VisualFront(cfg.data.encoder, acc.device)
         derived["visual_dim"] = front.info.embed_dim
-    model = ERIModel(ERIModelConfig(modalities=modalities, **{**derived, **cfg.model.overrides}))
+    # through the config reader: a misspelt size is named with the closest valid one
+    model = ERIModel(from_dict(ERIModelConfig, {**derived, **cfg.model.overrides, "modalities": modalities},
+                               prefix="model.overrides."))
 
     def dataset(entries, train: bool):
         common = dict(modalities=modalities, k=cfg.data.k, train=train and cfg.data.temporal_augmentation,
@@ -169,7 +188,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
                  start_step=start_step, grad_clip=cfg.optim.grad_clip, log_every=cfg.run.log_every,
                  save_every=cfg.run.save_every or steps_per_epoch, hooks=[Hook(steps_per_epoch, evaluate)]
                  + ([Hook(1, lambda s: ema.update(acc.unwrap_model(model), step=s))] if ema is not None else []),
-                 metrics_file=out / "metrics.jsonl", stop=stop)
+                 metrics_file=out / "metrics.jsonl", stop=stop, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
     if preempt.stopped_at is not None and best["stale"] < cfg.patience and step < total_steps:
         preempt.acknowledge()
         return EXIT_REQUEUE
@@ -211,7 +230,12 @@ def main(argv=None) -> int:
     if args.resume:
         cfg.run.resume = args.resume
     if not cfg.data.store:
-        raise UserError("no data: set data.store to the feature store written by eri_downstream/extract.py")
+        builtin = builtin_data.root() / "features"
+        if not (builtin / "videos.csv").is_file():
+            raise UserError("no data: set data.store to the feature store written by eri_downstream/extract.py "
+                            "(or run `eri_downstream/extract.py all --encoder ...` without --data for the built-in one)")
+        builtin_data.announce("reaction videos' feature store", builtin)
+        cfg.data.store = str(builtin)
     store = Path(cfg.data.store)
     if not (store / "videos.csv").is_file():
         raise UserError(f"{store}: no videos.csv; run `eri_downstream/extract.py table` (or any step) first")

@@ -24,6 +24,7 @@ from finetune_affectnet.config import FinetuneConfig
 from finetune_affectnet.data import build_streams, class_counts, class_set
 from finetune_affectnet.evaluate import predict, save_report, write_report
 from finetune_affectnet.model import build_classifier, export_classifier, param_groups
+from shared import builtin_data
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
 from shared.training.checkpoint import Checkpointer
@@ -66,6 +67,9 @@ def main(argv=None) -> int:
                                    img_size=cfg.data.image_size)
     mean, std = tuple(cfg.data.mean or info.mean), tuple(cfg.data.std or info.std)
     image_size = cfg.data.image_size or info.input_size[-1]
+    if not cfg.data.shards:
+        shards = builtin_data.made_once(acc, builtin_data.face_shards, "expression faces (AffectNet layout)")
+        cfg.data.shards = str(shards["affectnet"])
     train_stream, val_stream = build_streams(cfg.data, image_size=image_size, mean=mean, seed=cfg.run.seed,
                                              rank=acc.process_index, world_size=acc.num_processes,
                                              pin_memory=acc.device.type == "cuda")
@@ -162,7 +166,7 @@ def main(argv=None) -> int:
                  checkpointer=checkpointer, config=resolved, samples_per_step=samples_per_step,
                  start_step=start_step, grad_accum=cfg.optim.grad_accum, grad_clip=cfg.optim.grad_clip,
                  log_every=cfg.run.log_every, save_every=cfg.run.save_every, hooks=hooks,
-                 metrics_file=run_dir / "metrics.jsonl", stop=stop)
+                 metrics_file=run_dir / "metrics.jsonl", stop=stop, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
     if stop.stopped_at is not None and step < total_steps:  # stopped early: state saved, ask for a requeue
         stop.acknowledge()
         acc.end_training()

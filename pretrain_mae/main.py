@@ -20,12 +20,14 @@ from pretrain_mae.data import build_data
 from pretrain_mae.export import export_mae
 from pretrain_mae.model import build_mae
 from pretrain_mae.visualize import reconstruction_figure
+from shared import builtin_data
 from shared.checkpoints import load_into, load_state_dict_file
 from shared.encoders import load_encoder, spec_kind
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import run_cli
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
+from shared.training.device_input import DeviceBatches
 from shared.training.images import normalize
 from shared.training.loop import Hook, train
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
@@ -71,8 +73,12 @@ def main(argv=None) -> int:
     image_size = model.patch_embed.img_size[0]
     num_patches = model.patch_embed.num_patches
 
+    if not cfg.data.sources and not cfg.data.synthetic:
+        shards = builtin_data.made_once(acc, builtin_data.face_shards, "faces (AffectNet, CelebA, CASIA-WebFace layouts)")
+        cfg.data.sources = {name: str(folder) for name, folder in shards.items()}
     data = build_data(cfg.data, image_size=image_size, seed=cfg.run.seed, rank=acc.process_index,
                       world_size=acc.num_processes, pin_memory=acc.device.type == "cuda")
+    data = DeviceBatches(data, acc.device)  # images on the device, made there too with data.device_*
     samples_per_step = cfg.data.batch_size * acc.num_processes * cfg.optim.grad_accum
     total_steps = math.ceil(cfg.total_samples / samples_per_step) if cfg.total_samples else cfg.run.total_steps
     peak_lr = scaled_lr(cfg.optim.base_lr, samples_per_step, cfg.optim.lr)
@@ -119,13 +125,12 @@ def main(argv=None) -> int:
                  checkpointer=checkpointer, config=resolved, samples_per_step=samples_per_step,
                  start_step=start_step, stop_after=cfg.stop_after, grad_accum=cfg.optim.grad_accum,
                  grad_clip=cfg.optim.grad_clip, log_every=cfg.run.log_every, save_every=cfg.run.save_every,
-                 hooks=hooks, metrics_file=run_dir / "metrics.jsonl", stop=stop)
+                 hooks=hooks, metrics_file=run_dir / "metrics.jsonl", stop=stop,
+                 max_nonfinite_steps=cfg.run.max_nonfinite_steps)
     if stop.stopped_at is not None and step < total_steps:  # stopped early: state saved, ask for a requeue
         stop.acknowledge()
         acc.end_training()
         return EXIT_REQUEUE
-    if hasattr(data, "errors") and data.errors:
-        log.warning("skipped %d unreadable samples; first: %s", data.errors, data.error_messages[:3])
     if step >= total_steps and acc.is_main_process:
         out = export_mae(acc.unwrap_model(model), run_dir / "export", mean=cfg.data.mean, std=cfg.data.std,
                          config=resolved)

@@ -52,7 +52,7 @@ def tiny(store, out, *extra):
 
 def test_learns_reports_plots_and_writes_a_submission(store, tmp_path):
     out = tmp_path / "run"
-    run_stage(SCRIPT, *tiny(store, out))
+    run_stage(SCRIPT, *tiny(store, out, "model.overrides={}"))  # feature sizes read from the store
     report = json.loads((out / "report.json").read_text())
     assert report["videos"] == 16 and set(report["per_emotion"]) == set(EMOTIONS)
     assert report["mean"] > 0.5, report
