@@ -38,4 +38,7 @@ class ERIConfig:
     patience: int = 10  # early stopping: epochs without a better validation mean Pearson
     ema_decay: float | None = 0.999
     folds: int = 0  # 0: train on train, select on val; N: N-fold CV over train + val, ensembled
+    # with folds=N: train this fold only (a SLURM array task); a later run without it trains no
+    # finished fold again and writes the CV table and the ensembled submission
+    fold: int | None = None
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/eri", total_steps=0, log_every=20))

@@ -2,6 +2,7 @@
 
     accelerate launch eri_downstream/train.py --config eri_downstream/configs/paper_vat.yaml data.store=features
     accelerate launch eri_downstream/train.py --config ... folds=5          # 5-fold CV over train + val, ensembled
+    accelerate launch eri_downstream/train.py --config ... folds=5 fold=2   # one fold of it (a SLURM array task)
     accelerate launch eri_downstream/train.py --config ... --resume auto    # after a kill
 
 Selects on the validation mean Pearson (the challenge metric: per emotion over the whole split,
@@ -248,17 +249,24 @@ def main(argv=None) -> int:
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
     entries = read_table(store / "videos.csv")
     by_split = {s: [e for e in entries if e.split == s] for s in ("train", "val", "test")}
+    if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
+        raise UserError(f"fold={cfg.fold} needs folds=N with 0 <= fold < N (folds={cfg.folds})")
     if cfg.folds:
         pool = by_split["train"] + by_split["val"]
         by_id = {e.file_id: e for e in pool}
         results = []
         for i, (train_ids, held_ids) in enumerate(cv_folds(pool, cfg.folds, seed=cfg.run.seed)):
+            if cfg.fold is not None and i != cfg.fold:
+                continue
             result = run_fold(cfg, acc, store, [by_id[f] for f in train_ids], [by_id[f] for f in held_ids],
                               by_split["test"], run_dir / f"fold_{i}", resolved)
             if result == EXIT_REQUEUE:
                 return EXIT_REQUEUE
             results.append(result)
-        summary = cv_summary(results, pool, run_dir, acc)
+        if cfg.fold is None:
+            summary = cv_summary(results, pool, run_dir, acc)
+        else:
+            summary = {"fold": cfg.fold, "mean_pearson": results[0]["mean"]}
     else:
         result = run_fold(cfg, acc, store, by_split["train"], by_split["val"], by_split["test"], run_dir, resolved)
         if result == EXIT_REQUEUE:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ import torch
 from eri_downstream.dataset import EMOTIONS, VideoEntry, write_table
 from eri_downstream.folds import read_submission
 from eri_downstream.store import FeatureStore
-from run_utils import metrics, run_stage, start_stage, wait_for_steps
+from run_utils import ROOT, metrics, run_stage, start_stage, wait_for_steps
+from test_slurm import slurm_env
 
 SCRIPT = "eri_downstream/train.py"
 DIMS = {"visual": 16, "audio": 8, "text": 8}
@@ -78,6 +80,34 @@ def test_cross_validation_ensembles_the_folds(store, tmp_path):
     assert np.allclose(ensemble, expected, atol=1e-6)
     held_out = [set(json.loads((out / f"fold_{i}" / "report.json").read_text())["val_predictions"]) for i in range(3)]
     assert sum(map(len, held_out)) == 56 and set.union(*held_out) == {f"{i:05d}" for i in range(56)}
+
+
+def test_folds_run_as_separate_jobs_then_one_run_collects_them(store, tmp_path):
+    """A SLURM array (launch/slurm/eri_folds.sbatch): each task trains one fold; the run
+    without `fold` trains nothing again and writes the CV table and the ensemble."""
+    out = tmp_path / "cv"
+    bad = run_stage(SCRIPT, *tiny(store, out, "folds=3", "fold=3"), check=False)
+    assert bad.returncode == 2 and "fold=3 needs folds=N with 0 <= fold < N" in bad.stderr.strip().splitlines()[-1]
+    # fold 1 through the array script itself, with stand-ins for srun and scontrol
+    env = {**slurm_env(tmp_path), "SLURM_ARRAY_TASK_ID": "1", "RUN_ROOT": str(out)}
+    job = subprocess.run(["bash", str(ROOT / "launch" / "slurm" / "eri_folds.sbatch"),
+                          *tiny(store, out, "folds=3", "epochs=2")], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert sorted(p.parent.name for p in out.glob("fold_*/report.json")) == ["fold_1"]
+    assert not (out / "cv_results.json").exists()
+    for fold in (0, 2):
+        run_stage(SCRIPT, *tiny(store, out, "folds=3", f"fold={fold}", "epochs=2"))
+    reports = {i: (out / f"fold_{i}" / "report.json").read_bytes() for i in range(3)}
+    run_stage(SCRIPT, *tiny(store, out, "folds=3", "epochs=2"))
+    assert {i: (out / f"fold_{i}" / "report.json").read_bytes() for i in range(3)} == reports  # none trained again
+    summary = json.loads((out / "cv_results.json").read_text())
+    assert summary["folds"] == [json.loads(reports[i])["mean"] for i in range(3)]
+    held_out = [set(json.loads(reports[i])["val_predictions"]) for i in range(3)]
+    assert sum(map(len, held_out)) == 56 and set.union(*held_out) == {f"{i:05d}" for i in range(56)}
+    ids, ensemble = read_submission(out / "submission.csv")
+    by_fold = [dict(zip(*read_submission(out / f"fold_{i}" / "submission.csv"))) for i in range(3)]
+    assert np.allclose(ensemble, np.mean([[f[x] for x in ids] for f in by_fold], axis=0), atol=1e-6)
 
 
 def test_resume_after_a_signal_gives_the_same_losses(store, tmp_path):
