@@ -14,7 +14,6 @@ a GPU) and the time per section, and writes a chrome trace to `--out`.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 from pathlib import Path
 
@@ -30,13 +29,12 @@ from eri_downstream.loader import EpochLoader
 from eri_downstream.model import ERIModel, ERIModelConfig
 from eri_downstream.store import FeatureStore
 from hardware import machine
-from profiling import run_profiled
+from profiling import UPDATE_SECTIONS, profiled_update, run_profiled
 from shared.training.config import OptimConfig
 from shared.training.optim import adamw
 
 BATCH, K = 16, 32
-SECTIONS = ["data: next batch", "data: to device", "mixup", "forward + loss", "backward", "grad norm",
-            "optimizer step", "zero_grad", "ema update"]
+SECTIONS = ["data: next batch", "data: to device", "mixup", "forward + loss", *UPDATE_SECTIONS, "ema update"]
 
 
 def write_store(root: Path, videos: int, seed: int = 0) -> list[VideoEntry]:
@@ -89,14 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     batch = mixup(batch, 0.2, torch.Generator().manual_seed(i))
                 with record_function("forward + loss"), autocast:
                     loss = F.mse_loss(model(batch).float(), batch["labels"])
-                with record_function("backward"):
-                    loss.backward()
-                with record_function("grad norm"):
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
-                with record_function("optimizer step"):
-                    optimizer.step()
-                with record_function("zero_grad"):
-                    optimizer.zero_grad(set_to_none=True)
+                profiled_update(loss, model, optimizer)
                 with record_function("ema update"):
                     ema.update(model, step=i)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import tempfile
 import warnings
 from collections import Counter
@@ -32,15 +31,14 @@ from hardware import machine
 from pretrain_mae.config import DataSection
 from pretrain_mae.main import mask_noise
 from pretrain_mae.model import build_mae
-from profiling import run_profiled
+from profiling import UPDATE_SECTIONS, profiled_update, run_profiled
 from shared.stream import Augment, FaceStream, StreamConfig, build_sources
 from shared.training.config import OptimConfig
 from shared.training.device_input import DeviceBatches
 from shared.training.images import normalize
 from shared.training.optim import adamw
 
-SECTIONS = ["data: next batch", "data: to device", "forward", "backward", "grad norm", "optimizer step",
-            "zero_grad"]
+SECTIONS = ["data: next batch", "data: to device", "forward", *UPDATE_SECTIONS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,14 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 noise = mask_noise(0, i, 0, 1, batch_size, num_patches, device)
             with record_function("forward"), autocast():
                 loss = model(x, mask_ratio=0.75, noise=noise)[0]
-            with record_function("backward"):
-                loss.backward()
-            with record_function("grad norm"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
-            with record_function("optimizer step"):
-                optimizer.step()
-            with record_function("zero_grad"):
-                optimizer.zero_grad(set_to_none=True)
+            profiled_update(loss, model, optimizer)
 
         step(0)  # warm-up: allocations, first-call dispatch
         header(machine())

@@ -2,14 +2,30 @@
 chrome trace (open it in chrome://tracing or https://ui.perfetto.dev)."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from common import result
+
+
+UPDATE_SECTIONS = ["backward", "grad norm", "optimizer step", "zero_grad"]
+
+
+def profiled_update(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The update half of a training step, one labelled section per part (UPDATE_SECTIONS)."""
+    with record_function("backward"):
+        loss.backward()
+    with record_function("grad norm"):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+    with record_function("optimizer step"):
+        optimizer.step()
+    with record_function("zero_grad"):
+        optimizer.zero_grad(set_to_none=True)
 
 
 def run_profiled(fn: Callable[[], None], *, out: Path, name: str, description: str, rows: int,

@@ -59,7 +59,7 @@ class Checkpointer:
         if final.exists():  # the same step saved again (a stop right after a resume)
             self._discard(final)
         os.replace(tmp, final)
-        _fsync_dir(self.dir)
+        _fsync(self.dir)
         self._prune()
 
     def _together(self, step: int, tmp: Path, write: Callable[[], None]) -> None:
@@ -172,7 +172,8 @@ class Checkpointer:
         shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -188,12 +189,8 @@ def _fresh_dir(path: Path) -> None:
 def _fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(folder)
+            _fsync(path)
+    _fsync(folder)
 
 
 def _free_space(folder: Path) -> str:
