@@ -41,7 +41,7 @@ from shared.metrics import pearson_report
 from shared.plots import bar_chart, learning_curves, scatter_grid
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
-from shared.training.loop import Hook, train
+from shared.training.loop import Hook, read_metrics, train
 from shared.training.optim import adamw
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
 from shared.training.schedule import cosine_restarts
@@ -219,8 +219,7 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
                   title=f"validation Pearson, mean {report['mean']:.4f}", ylabel="Pearson r")
         scatter_grid(np.stack([val_pred[e.file_id] for e in labelled]), np.array([e.labels for e in labelled]),
                      EMOTIONS, out / "predicted_vs_true.png", title="validation")
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        learning_curves(rows, ["loss"], out / "learning_curves.png", title="training loss (MSE)")
+        learning_curves(read_metrics(out / "metrics.jsonl"), ["loss"], out / "learning_curves.png", title="training loss (MSE)")
     acc.wait_for_everyone()
     return result
 

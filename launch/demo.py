@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from shared import builtin_data  # noqa: E402
 from shared.errors import RunError, run_cli  # noqa: E402
 from shared.plots import learning_curves  # noqa: E402
+from shared.training.loop import read_metrics  # noqa: E402
 
 CONFIGS = {"pretrain": "pretrain_mae/configs/demo_cpu.yaml", "finetune": "finetune_affectnet/configs/demo_cpu.yaml",
            "eri": "eri_downstream/configs/demo_cpu.yaml"}
@@ -104,10 +105,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def loaded_back(published: Path) -> dict[str, str]:
     """Every published folder loaded the way its card says: timm for encoders, the project's
     loader for the ERI model; name -> what was loaded."""
@@ -131,7 +128,7 @@ def loaded_back(published: Path) -> dict[str, str]:
 def write_summary(out: Path, runs: dict[str, Path], published: Path, demo: Lineage) -> str:
     figures = out / "summary"
     figures.mkdir(exist_ok=True)
-    mae = read_metrics(runs["pretrain"])
+    mae = read_metrics(runs["pretrain"] / "metrics.jsonl")
     learning_curves(mae, ["loss"], figures / "mae_loss.png", title="stage 1: MAE reconstruction loss")
     first, last = (sum(r["loss"] for r in rows) / len(rows) for rows in (mae[:3], mae[-3:]))
     reconstructions = sorted((runs["pretrain"] / "figures").glob("reconstruction_*.png"))

@@ -16,6 +16,7 @@ from huggingface_hub import EvalResult
 from safetensors import safe_open
 
 from shared.publish.runs import Run
+from shared.training.loop import read_metrics
 
 
 SELECTED = " These weights were chosen by their score on this same data, so the numbers are optimistic."
@@ -35,12 +36,8 @@ def results(run: Run) -> Results:
 def training_loss(run: Run) -> dict:
     """{"final", "final_step", "best", "best_step"} of metrics.jsonl; a resumed run appends, so
     the last row of each step counts."""
-    rows = {}
-    for line in (run.root / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[row["step"]] = row
-    logged = {step: row["loss"] for step, row in sorted(rows.items()) if math.isfinite(row.get("loss", math.nan))}
+    rows = read_metrics(run.root / "metrics.jsonl")
+    logged = {row["step"]: row["loss"] for row in rows if math.isfinite(row.get("loss", math.nan))}
     final_step = max(logged)
     best_step = min(logged, key=logged.get)
     return {"final": logged[final_step], "final_step": final_step, "best": logged[best_step], "best_step": best_step}

@@ -192,3 +192,15 @@ def health(acc, guard: NonFiniteGuard, data) -> dict[str, float]:
         errors = torch.tensor([float(data.errors)], device=acc.device)
         out["skipped_samples"] = (acc.reduce(errors, reduction="sum") if acc.num_processes > 1 else errors).item()
     return out
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows `train` wrote to its metrics file, one per logged step in step order; a resumed
+    run appends the steps it repeats, and the last row of each step counts."""
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["step"]] = row
+    return [rows[step] for step in sorted(rows)]
+
