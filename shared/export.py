@@ -48,18 +48,17 @@ def save_timm_folder(encoder: torch.nn.Module, out_dir, *, architecture: str, mo
     in_chans = model_args.get("in_chans", 3)
     size = model_args.get("img_size", 224)
     size = (size, size) if isinstance(size, int) else tuple(size)
+    # the source's test-time sizes describe its own training, not these weights
     cfg = {k: v for k, v in dict(getattr(encoder, "pretrained_cfg", None) or {}).items()
-           if k not in FOREIGN_CFG_KEYS}
+           if k not in FOREIGN_CFG_KEYS + ("test_input_size", "test_crop_pct", "test_pool_size")}
     cfg.update(architecture=architecture, first_conv=cfg.get("first_conv", "patch_embed.proj"),
-               classifier=cfg.get("classifier", "head"), fixed_input_size=True,
-               input_size=(in_chans, *size), num_classes=0, **(extra_cfg or {}))
-    data_config = dict(input_size=(in_chans, *size), mean=tuple(mean), std=tuple(std),
-                       interpolation=interpolation, crop_pct=crop_pct, crop_mode="center")
+               classifier=cfg.get("classifier", "head"), fixed_input_size=True, num_classes=0,
+               input_size=(in_chans, *size), mean=tuple(mean), std=tuple(std), interpolation=interpolation,
+               crop_pct=crop_pct, crop_mode="center", **(extra_cfg or {}))
     previous = getattr(encoder, "pretrained_cfg", None)
-    encoder.pretrained_cfg = cfg  # what save_for_hf writes from; restored below
+    encoder.pretrained_cfg = cfg  # what save_for_hf writes from (every timm >= 1.0.16); restored below
     try:
-        save_for_hf(encoder, str(out_dir), model_args=dict(model_args),
-                    safe_serialization=True, data_config=data_config)
+        save_for_hf(encoder, str(out_dir), model_args=dict(model_args), safe_serialization=True)
     finally:
         if previous is None:
             del encoder.pretrained_cfg
