@@ -46,6 +46,7 @@ from shared.training.optim import adamw
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
 from shared.training.schedule import cosine_restarts
 from shared.training.setup import init_tracking, make_accelerator
+from shared.training.wrappers import prepare, refuse_sharding, unwrap
 
 log = logging.getLogger("eri_downstream.train")
 
@@ -138,7 +139,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = adamw(model, cfg.optim, acc.device)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, device=acc.device) if cfg.ema_decay else None
-    model, optimizer = acc.prepare(model, optimizer)
+    model, optimizer = prepare(acc, model, optimizer, cfg.run)
     if ema is not None:
         acc.register_for_checkpointing(ema)
 
@@ -162,7 +163,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
         return F.mse_loss(model(batch).float(), batch["labels"]), {}
 
     def evaluate(step):
-        net = ema.module if ema is not None else acc.unwrap_model(model)
+        net = ema.module if ema is not None else unwrap(acc, model)
         report = report_for(predict(acc, net, val_set, cfg.data.batch_size, front), val_entries)  # same on every rank
         epoch = step // steps_per_epoch
         value = report["mean"] if math.isfinite(report["mean"]) else -math.inf
@@ -188,7 +189,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
                  checkpointer=checkpointer, config=resolved, samples_per_step=cfg.data.batch_size * acc.num_processes,
                  start_step=start_step, grad_clip=cfg.optim.grad_clip, log_every=cfg.run.log_every,
                  save_every=cfg.run.save_every or steps_per_epoch, hooks=[Hook(steps_per_epoch, evaluate)]
-                 + ([Hook(1, lambda s: ema.update(acc.unwrap_model(model), step=s))] if ema is not None else []),
+                 + ([Hook(1, lambda s: ema.update(unwrap(acc, model), step=s))] if ema is not None else []),
                  metrics_file=out / "metrics.jsonl", stop=stop, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
     if preempt.stopped_at is not None and best["stale"] < cfg.patience and step < total_steps:
         preempt.acknowledge()
@@ -198,7 +199,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
 
 def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, front) -> dict:
     """The best weights' validation report, plots and test predictions."""
-    net = ERIModel(acc.unwrap_model(model).config).to(acc.device)
+    net = ERIModel(unwrap(acc, model).config).to(acc.device)
     net.load_state_dict(load_file(str(out / "best.safetensors")))
     val_pred = predict(acc, net, dataset(val_entries, False), cfg.data.batch_size, front)
     test_pred = predict(acc, net, dataset(test_entries, False), cfg.data.batch_size, front) if test_entries else {}
@@ -239,7 +240,11 @@ def main(argv=None) -> int:
     store = Path(cfg.data.store)
     if not (store / "videos.csv").is_file():
         raise UserError(f"{store}: no videos.csv; run `eri_downstream/extract.py table` (or any step) first")
+    if cfg.optim.grad_accum != 1:  # one optimizer step per batch of videos, as the epoch hooks count them
+        raise UserError(f"optim.grad_accum={cfg.optim.grad_accum}: stage 3b steps once per batch of videos; "
+                        "raise data.batch_size instead (the paper's 16 videos fit any device)")
     acc = make_accelerator(cfg.run)
+    refuse_sharding(acc, "stage 3b (a model of a few MB)")
     run_dir = Path(cfg.run.output_dir)
     resolved = to_dict(cfg)
     if acc.is_main_process:

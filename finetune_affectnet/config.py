@@ -19,6 +19,7 @@ class ModelSection:
     drop_path: float = 0.1
     head_init_std: float = 2e-5
     linear_probe: bool = False  # frozen encoder, BatchNorm (no affine) + linear head
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward (memory for time)
 
 
 @dataclass

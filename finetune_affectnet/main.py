@@ -33,6 +33,7 @@ from shared.training.loop import Hook, train
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
 from shared.training.schedule import scaled_lr, warmup_cosine
 from shared.training.setup import init_tracking, log_images, make_accelerator
+from shared.training.wrappers import gathered, prepare, refuse_sharding, unwrap
 
 log = logging.getLogger("finetune_affectnet")
 METRICS = ("top1", "balanced_accuracy", "macro_f1")
@@ -60,11 +61,17 @@ def main(argv=None) -> int:
     run_dir = Path(cfg.run.output_dir)
 
     label_map, class_names = class_set(cfg.data)
-    model, info = build_classifier(cfg.model.encoder, len(class_names), pool=cfg.model.pool,
-                                   hidden_dim=cfg.model.hidden_dim, dropout=cfg.model.dropout,
-                                   drop_path_rate=cfg.model.drop_path, head_init_std=cfg.model.head_init_std,
-                                   linear_probe=cfg.model.linear_probe, architecture=cfg.model.architecture,
-                                   img_size=cfg.data.image_size)
+
+    def build():  # also an empty copy of the model, for FSDP's gathered weights
+        return build_classifier(cfg.model.encoder, len(class_names), pool=cfg.model.pool,
+                                hidden_dim=cfg.model.hidden_dim, dropout=cfg.model.dropout,
+                                drop_path_rate=cfg.model.drop_path, head_init_std=cfg.model.head_init_std,
+                                linear_probe=cfg.model.linear_probe, architecture=cfg.model.architecture,
+                                img_size=cfg.data.image_size)
+
+    model, info = build()
+    if cfg.model.grad_checkpointing:
+        model.encoder.set_grad_checkpointing(True)
     mean, std = tuple(cfg.data.mean or info.mean), tuple(cfg.data.std or info.std)
     image_size = cfg.data.image_size or info.input_size[-1]
     if not cfg.data.shards:
@@ -80,12 +87,12 @@ def main(argv=None) -> int:
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay=cfg.optim.weight_decay, layer_decay=cfg.layer_decay),
                                   lr=0.0, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   fused=cfg.optim.fused if cfg.optim.fused is not None else acc.device.type == "cuda")
+    if cfg.ema_decay:
+        refuse_sharding(acc, "ema_decay (an EMA of the weights; ema_decay=null turns it off)")
     ema = ModelEmaV3(model, decay=cfg.ema_decay, device=acc.device) if cfg.ema_decay else None
-    model, optimizer = acc.prepare(model, optimizer)
+    model, optimizer = prepare(acc, model, optimizer, cfg.run)
     if ema is not None:
         acc.register_for_checkpointing(ema)
-    if cfg.run.compile:
-        model = torch.compile(model)
 
     mixup = None
     if (cfg.data.mixup > 0 or cfg.data.cutmix > 0) and not cfg.model.linear_probe:
@@ -129,6 +136,9 @@ def main(argv=None) -> int:
             target = F.one_hot(y, len(class_names)).float() * (1 - smoothing) + smoothing / len(class_names)
         return soft_cross_entropy(model(x), target, class_weights), {}
 
+    def trained():  # the weights evaluated and exported (every process: FSDP gathers its shards)
+        return ema.module if ema is not None else gathered(acc, model, lambda: build()[0])
+
     def evaluate(step):
         results = {}
         for name, net in (("model", model), ("ema", ema.module if ema is not None else None)):
@@ -139,6 +149,7 @@ def main(argv=None) -> int:
                 out = run_dir / "eval" / f"step_{step:08d}" / name
                 results[name] = write_report(y_true, y_pred, class_names, out, step=step,
                                              extra={"split": cfg.data.val_split, "weights": name})
+        net = trained()
         if not acc.is_main_process:
             return
         chosen = "ema" if ema is not None else "model"
@@ -148,7 +159,6 @@ def main(argv=None) -> int:
                  report["top1"], report["balanced_accuracy"], report["macro_f1"])
         if report[cfg.eval.metric] > best["value"]:
             best.update(value=report[cfg.eval.metric], step=step)
-            net = ema.module if ema is not None else acc.unwrap_model(model)
             export_classifier(net, info, run_dir / "best", class_names=class_names, mean=mean, std=std,
                               extra={"step": step, "metric": cfg.eval.metric, "config": resolved})
             rgb = save_report(report, run_dir / "best",
@@ -157,7 +167,7 @@ def main(argv=None) -> int:
 
     hooks = []
     if ema is not None:
-        hooks.append(Hook(1, lambda step: ema.update(acc.unwrap_model(model), step=step)))
+        hooks.append(Hook(1, lambda step: ema.update(unwrap(acc, model), step=step)))
     if cfg.eval.every:
         hooks.append(Hook(cfg.eval.every, evaluate))
     step = train(acc, model, optimizer, train_stream, loss_fn, total_steps=total_steps,
@@ -174,8 +184,8 @@ def main(argv=None) -> int:
     if step >= total_steps:
         if not cfg.eval.every or step % cfg.eval.every:
             evaluate(step)
+        net = trained()
         if acc.is_main_process:
-            net = ema.module if ema is not None else acc.unwrap_model(model)
             export_classifier(net, info, run_dir / "export", class_names=class_names, mean=mean, std=std,
                               extra={"step": step, "config": resolved})
             log.info("best %s %.4f at step %s (run_dir/best); final weights exported to %s", cfg.eval.metric,

@@ -34,6 +34,7 @@ from shared.training.preemption import EXIT_REQUEUE, StopRequest
 from shared.training.optim import adamw
 from shared.training.schedule import scaled_lr, warmup_cosine
 from shared.training.setup import init_tracking, log_images, make_accelerator
+from shared.training.wrappers import gathered, prepare
 
 log = logging.getLogger("pretrain_mae")
 
@@ -83,9 +84,7 @@ def main(argv=None) -> int:
     total_steps = math.ceil(cfg.total_samples / samples_per_step) if cfg.total_samples else cfg.run.total_steps
     peak_lr = scaled_lr(cfg.optim.base_lr, samples_per_step, cfg.optim.lr)
     optimizer = adamw(model, cfg.optim, acc.device)
-    model, optimizer = acc.prepare(model, optimizer)
-    if cfg.run.compile:
-        model = torch.compile(model)
+    model, optimizer = prepare(acc, model, optimizer, cfg.run)
 
     checkpointer = Checkpointer(acc, run_dir, cfg.run.keep_last)
     resolved = to_dict(cfg)
@@ -108,12 +107,16 @@ def main(argv=None) -> int:
         loss, _, _ = model(x, mask_ratio=cfg.model.mask_ratio, noise=noise)
         return loss, {}
 
+    def build():  # an empty copy of the model, for FSDP's gathered weights
+        return build_mae(cfg.model.name, **cfg.model.overrides)
+
     def figure(step):
-        if not acc.is_main_process or not last_images:
+        net = gathered(acc, model, build)  # every process: FSDP gathers its shards
+        if net is None or not last_images:
             return
         images = last_images[0][: cfg.figures.images]
         path = run_dir / "figures" / f"reconstruction_{step:08d}.png"
-        rgb = reconstruction_figure(acc.unwrap_model(model), images, mean=cfg.data.mean, std=cfg.data.std,
+        rgb = reconstruction_figure(net, images, mean=cfg.data.mean, std=cfg.data.std,
                                     mask_ratio=cfg.model.mask_ratio, seed=cfg.run.seed, path=path,
                                     title=f"{cfg.model.name}, step {step}")
         log_images(acc, {"reconstruction": rgb}, step)
@@ -131,9 +134,9 @@ def main(argv=None) -> int:
         stop.acknowledge()
         acc.end_training()
         return EXIT_REQUEUE
-    if step >= total_steps and acc.is_main_process:
-        out = export_mae(acc.unwrap_model(model), run_dir / "export", mean=cfg.data.mean, std=cfg.data.std,
-                         config=resolved)
+    final = gathered(acc, model, build) if step >= total_steps else None
+    if final is not None:
+        out = export_mae(final, run_dir / "export", mean=cfg.data.mean, std=cfg.data.std, config=resolved)
         log.info("exported the encoder (timm folder) and the full MAE to %s", out)
     acc.wait_for_everyone()
     acc.end_training()

@@ -30,6 +30,8 @@ class RunConfig:
     max_nonfinite_steps: int = 5  # NaN/inf loss or gradient: step skipped; this many in a row stop the run (0: no check)
     resume: str | None = None  # "auto" (newest complete state in output_dir/checkpoints), a state folder, or None
     mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or no | bf16 | fp16
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (around its DDP wrapper)
+    compile_mode: str | None = None  # null (torch's default) | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    compile_backend: str = "inductor"  # any torch.compile backend (the CPU tests use aot_eager: no code generation)
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb, ...
     project: str = "affect-lineage"  # tracker project name

@@ -9,13 +9,23 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from ..errors import UserError
 from .config import RunConfig
+from .wrappers import check_compile
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 def make_accelerator(run: RunConfig) -> Accelerator:
     precision = run.mixed_precision
+    if precision not in PRECISIONS:
+        raise UserError(f"run.mixed_precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
+    if precision == "fp16" and not torch.cuda.is_available():  # Accelerate would quietly train in fp32
+        raise UserError("run.mixed_precision=fp16 needs a GPU (its grad scaler and autocast are CUDA's); "
+                        "on the CPU use bf16 or no")
+    check_compile(run)
     # cpu=True on machines without CUDA: otherwise Accelerate ignores torchrun's processes there
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                       log_with=list(run.trackers) or None, project_dir=run.output_dir)
