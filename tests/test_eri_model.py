@@ -1,8 +1,6 @@
 """Stage 3b model: shapes, masking (padding invariance), causality, gradients, a tiny fit."""
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -181,7 +179,6 @@ def test_gradients_reach_every_used_parameter(modalities):
 def test_learns_a_simple_function():
     """targets = sigmoid of the mean over real frames of a few visual channels (+ an audio one):
     300 AdamW steps must cut the MSE to < 10 % of the best constant predictor's."""
-    start = time.time()
     mods = ("visual", "audio", "text")
     torch.manual_seed(0)
     sizes = {**TINY, "gru_hidden": 16, "branch_dim": 16, "fusion_hidden": 32}  # no 8-d bottleneck for 7 targets
@@ -208,4 +205,3 @@ def test_learns_a_simple_function():
     with torch.no_grad():
         final = torch.nn.functional.mse_loss(model.eval()(test_batch), test_y).item()
     assert final < 0.1 * baseline, (final, baseline)
-    assert time.time() - start < 30
