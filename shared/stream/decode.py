@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import math
 import random
@@ -252,3 +253,13 @@ def pack_plans(plans: list[Planned | None], aug: Augment) -> dict:
             "box": torch.tensor([p.box for p in plans], dtype=torch.int64).view(-1, 4),
             "flip": torch.tensor([p.flip for p in plans]),
             "size": aug.size, "interpolation": aug.interpolation}
+
+
+def merge_plans(packs: list[dict]) -> dict:
+    """Packed plans of consecutive parts of a batch (`pack_plans`) as one pack."""
+    ends = [p["offsets"][-1] for p in packs]
+    shifts = [0, *itertools.accumulate(int(e) for e in ends[:-1])]
+    offsets = torch.cat([packs[0]["offsets"][:1]] + [p["offsets"][1:] + shift for p, shift in zip(packs, shifts)])
+    return {"data": torch.cat([p["data"] for p in packs]), "offsets": offsets,
+            **{k: torch.cat([p[k] for p in packs]) for k in ("jpeg", "shape", "box", "flip")},
+            "size": packs[0]["size"], "interpolation": packs[0]["interpolation"]}
