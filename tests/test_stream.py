@@ -409,3 +409,34 @@ def test_class_balanced_sampling_draws_classes_equally(imbalanced):
         assert balanced[label] / 3000 == pytest.approx(1 / 3, abs=0.06), balanced
     with pytest.raises(UserError, match="mode=resampled"):
         config(mode="exact", balance_classes=True)
+
+
+def test_workers_parts_of_device_plans_join_into_the_batch_one_worker_makes(shards):
+    """output="jpeg": the plans three workers make for their parts of each batch, joined, are
+    the plans one worker makes for the whole batch (bytes, offsets, boxes, flips)."""
+    sources = build_sources({"celeba": str(shards["celeba"])})
+    cfg = dict(mode="exact", batch_size=6, output="jpeg", augment=Augment(kind="mae", size=24))
+    one, three = (FaceStream(sources, config(num_workers=k, **cfg)) for k in (0, 3))
+    for a, b in zip(one, three):
+        assert a["key"] == b["key"]
+        for name in ("data", "offsets", "jpeg", "shape", "box", "flip"):
+            assert torch.equal(a["plan"][name], b["plan"][name]), name
+
+
+def test_reading_a_shard_from_its_kth_sample_seeks_there(shard_copy):
+    """read_shard(skip=k) passes over k samples by their tar headers: the same samples as reading
+    them all and dropping k, on an intact shard and on a truncated one."""
+    from shared.stream.reading import ErrorLog, _sample_offset, read_shard
+    folder = shard_copy("celeba")
+    shard = str(sorted(folder.glob("celeba-train-*.tar"))[0])
+    whole = [s["__key__"] for s in read_shard(shard, ErrorLog())]
+    assert len(whole) >= 5
+    assert 0 < _sample_offset(shard, 1) < _sample_offset(shard, 2)  # a seek, not a read
+    for k in range(len(whole) + 2):
+        assert [s["__key__"] for s in read_shard(shard, ErrorLog(), skip=k)] == whole[k:], k
+    data = open(shard, "rb").read()
+    open(shard, "wb").write(data[: len(data) * 2 // 3])
+    cut = [s["__key__"] for s in read_shard(shard, ErrorLog())]
+    assert 0 < len(cut) < len(whole)
+    for k in range(len(whole) + 1):
+        assert [s["__key__"] for s in read_shard(shard, ErrorLog(), skip=k)] == cut[k:], k

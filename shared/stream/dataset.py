@@ -308,7 +308,10 @@ class FaceStream:
             log.info("resampled stream saved on %d x %d resumes on %d processes x %d workers with the fresh draws of "
                      "epoch %d (a resampled stream depends on the shape; mode=exact resumes exactly)",
                      first["world_size"], first["workers"], self.world_size, self.workers_per_rank, first["epoch"] + 1)
-        self.errors = mine["errors"] if same else sum(s["errors"] for s in states) if self.rank == 0 else 0
+        if same or own is not None:
+            self.errors = mine["errors"]
+        else:  # the saved ranks' counts, once
+            self.errors = sum(s["errors"] for s in states) if self.rank == 0 else 0
 
     def _resume_exact(self, mine: dict, states: list[dict], same: bool) -> None:
         saved = {k: mine.get(k) for k in self._order_settings()}

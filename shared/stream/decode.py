@@ -246,7 +246,8 @@ def pack_plans(plans: list[Planned | None], aug: Augment) -> dict:
     plans = [p if p is not None else blank for p in plans]
     offsets = np.zeros(len(plans) + 1, np.int64)
     np.cumsum([p.payload.size for p in plans], out=offsets[1:])
-    return {"data": torch.from_numpy(np.concatenate([p.payload for p in plans])),
+    payload = np.concatenate([p.payload for p in plans]) if plans else np.zeros(0, np.uint8)  # an empty part
+    return {"data": torch.from_numpy(payload),
             "offsets": torch.from_numpy(offsets),
             "jpeg": torch.tensor([p.jpeg for p in plans]),
             "shape": torch.tensor([(p.height, p.width) for p in plans], dtype=torch.int64).view(-1, 2),

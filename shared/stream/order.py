@@ -122,10 +122,12 @@ def _read_range(shards: list[tuple[str, int]], lo: int, hi: int, errors: ErrorLo
         if offset + count > lo and offset < hi:
             first, last = max(lo - offset, 0), min(hi - offset, count)
             got = 0
-            samples = read_shard(url, errors)
-            if keep is not None:
-                samples = (s for s in samples if class_code(s) in keep)
-            for sample in itertools.islice(samples, first, last):
+            if keep is None:  # a lane starting inside the shard seeks to its first sample
+                samples = itertools.islice(read_shard(url, errors, skip=first), last - first)
+            else:
+                kept = (s for s in read_shard(url, errors) if class_code(s) in keep)
+                samples = itertools.islice(kept, first, last)
+            for sample in samples:
                 got += 1
                 yield sample
             for _ in range(last - first - got):

@@ -7,7 +7,9 @@ step and stream position: positions differ per rank), the resolved `config.yaml`
 process has finished, so a kill during the write leaves the previous state intact and `latest()`
 never sees a partial one. A write that fails (no space left, a file-size limit) fails on every
 process together: the partial folder is removed to free its space, the older states are kept,
-and a RunError says which one `--resume auto` will continue from.
+and a RunError says which one `--resume auto` will continue from. A state resumes on another
+number of processes when the data can take every process's saved position (exact streams) and
+the model and optimizer states are whole (not FSDP shards); see `Checkpointer.restore`.
 """
 from __future__ import annotations
 
