@@ -218,3 +218,16 @@ def test_states_saved_on_another_number_of_processes(tmp_path):
     assert str(info.value) == (f"{state} holds FSDP states sharded over 3 processes (pytorch_model_fsdp_0), this run "
                                "has 1; resume on 3 processes (or save whole states: fsdp_state_dict_type "
                                "FULL_STATE_DICT)")
+
+
+def test_the_global_batch_is_split_over_any_number_of_processes_that_divides_it():
+    from shared.training.batching import split_global_batch
+    assert split_global_batch(None, 2, 4, 3) == (4, 3, 24)  # no global batch: the config's own
+    assert split_global_batch(6, 1, 3) == (3, 2, 6)  # one process: two micro-batches of 3
+    assert split_global_batch(6, 2, 3) == (3, 1, 6)
+    assert split_global_batch(6, 3, 3) == (2, 1, 6)
+    assert split_global_batch(12, 2, 4, grad_accum=3) == (2, 3, 12)
+    with pytest.raises(UserError) as info:
+        split_global_batch(6, 4, 3)
+    assert str(info.value) == ("data.global_batch=6 cannot be split evenly over 4 processes; choose a multiple of 4 "
+                               "or run on a number of processes that divides it")
