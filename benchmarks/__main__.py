@@ -42,6 +42,7 @@ class Benchmark:
 
 SUITE = (
     Benchmark("input_pipeline", "input_pipeline.py"),
+    Benchmark("exact_stream", "exact_stream.py"),
     Benchmark("mae_step_cpu", "mae_step.py", ("--device", "cpu")),
     Benchmark("mae_step_gpu", "mae_step.py", ("--device", "cuda")),
     Benchmark("gpu_input", "gpu_input.py"),

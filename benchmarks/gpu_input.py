@@ -73,7 +73,7 @@ class Step:
 
     def __call__(self, images: torch.Tensor) -> None:
         x = normalize(images, self.mean, self.std, self.device)
-        noise = mask_noise(0, self.micro_step, 0, 1, x.shape[0], self.num_patches, self.device)
+        noise = mask_noise(0, self.micro_step, 0, x.shape[0], x.shape[0], self.num_patches, self.device)
         with self.autocast():
             loss = self.forward(x, mask_ratio=0.75, noise=noise)[0]
         loss.backward()

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch = next(batches)
             with record_function("data: to device"):
                 x = normalize(batch["image"], data_cfg.mean, data_cfg.std, device)
-                noise = mask_noise(0, i, 0, 1, batch_size, num_patches, device)
+                noise = mask_noise(0, i, 0, batch_size, batch_size, num_patches, device)
             with record_function("forward"), autocast():
                 loss = model(x, mask_ratio=0.75, noise=noise)[0]
             profiled_update(loss, model, optimizer)

@@ -31,12 +31,16 @@ class DataSection:
     label_map: dict[int, int] | None = None  # explicit expression code -> class index (overrides classes)
     class_names: list[str] | None = None  # default: AffectNet's names of the chosen codes
     balance: str = "sampling"  # none | sampling (class-balanced resampling) | loss (class-weighted loss)
-    batch_size: int = 64  # per process and micro-batch
+    batch_size: int = 64  # per process and micro-batch (with global_batch: the most per micro-batch)
+    # samples per optimizer step over all processes; set, it stays fixed whatever the number of
+    # processes (the micro-batches per step adapt): with balance=none|loss, a resume onto another
+    # number of processes continues exactly
+    global_batch: int | None = None
     eval_batch_size: int = 128
     num_workers: int = 8
     shuffle_buffer: int = 2000
-    # balance=none|loss: fix the lanes of the exact pass (a multiple of processes x workers) and a
-    # run on N processes sees the batches a 1-process run sees with N times the batch
+    # balance=none|loss: the exact pass's read lanes (default: the largest divisor of the global batch
+    # up to 64); a run on any number of processes sees the same global batches
     lanes: int | None = None
     image_size: int | None = None  # default: the encoder's input size
     scale: tuple[float, float] = (0.08, 1.0)

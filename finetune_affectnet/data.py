@@ -29,9 +29,12 @@ def class_set(cfg: DataSection) -> tuple[dict[int, int], list[str]]:
 
 
 def build_streams(cfg: DataSection, *, image_size: int, mean, seed: int, rank: int, world_size: int,
-                  pin_memory: bool) -> tuple[FaceStream, FaceStream]:
+                  pin_memory: bool, micro_batch: int | None = None,
+                  global_batch: int | None = None) -> tuple[FaceStream, FaceStream]:
     """(training stream, evaluation stream). Training is class-balanced resampling when
-    balance=sampling, else an exact shuffled pass; evaluation always reads the whole split once."""
+    balance=sampling, else an exact shuffled pass (`global_batch` samples per step over all
+    ranks, `micro_batch` per rank and batch); evaluation always reads the whole split once."""
+    batch_size = micro_batch or cfg.batch_size
     if not cfg.shards:
         raise UserError("no data: set data.shards to the AffectNet folder written by `face-shards affectnet`")
     label_map, _ = class_set(cfg)
@@ -44,12 +47,12 @@ def build_streams(cfg: DataSection, *, image_size: int, mean, seed: int, rank: i
     if cfg.balance == "sampling":
         train_samples = sum(sum(n for c, n in shard.items() if c in label_map)
                             for s in train_sources for shard in (s.classes or []))
-        batches = max(1, -(-train_samples // (cfg.batch_size * world_size)))
-        train_cfg = StreamConfig(mode="resampled", batch_size=cfg.batch_size, batches_per_epoch=batches,
+        batches = max(1, -(-train_samples // (batch_size * world_size)))
+        train_cfg = StreamConfig(mode="resampled", batch_size=batch_size, batches_per_epoch=batches,
                                  balance_classes=True, augment=train_aug, **common)
     elif cfg.balance in ("none", "loss"):
-        train_cfg = StreamConfig(mode="exact", batch_size=cfg.batch_size, shuffle=True, lanes=cfg.lanes,
-                                 augment=train_aug, **common)
+        train_cfg = StreamConfig(mode="exact", batch_size=batch_size, shuffle=True, lanes=cfg.lanes,
+                                 global_batch=global_batch, augment=train_aug, **common)
     else:
         raise UserError(f"data.balance={cfg.balance!r}; expected none, sampling or loss")
     eval_aug = Augment(kind="eval", size=image_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)

@@ -14,22 +14,22 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
-from timm.data import Mixup
-from timm.data.random_erasing import RandomErasing
 from timm.utils import ModelEmaV3
 
 from finetune_affectnet.config import FinetuneConfig
 from finetune_affectnet.data import build_streams, class_counts, class_set
 from finetune_affectnet.evaluate import predict, save_report, write_report
 from finetune_affectnet.model import build_classifier, export_classifier, param_groups
+from finetune_affectnet.regularize import Objective
 from shared import builtin_data
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
+from shared.training.batching import split_global_batch
 from shared.training.checkpoint import Checkpointer
 from shared.training.images import normalize
 from shared.training.loop import Hook, train
+from shared.training.per_sample import per_sample_draws
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
 from shared.training.schedule import scaled_lr, warmup_cosine
 from shared.training.setup import init_tracking, log_images, make_accelerator
@@ -37,15 +37,6 @@ from shared.training.wrappers import gathered, prepare, refuse_sharding, unwrap
 
 log = logging.getLogger("finetune_affectnet")
 METRICS = ("top1", "balanced_accuracy", "macro_f1")
-
-
-def soft_cross_entropy(logits, target, class_weights=None):
-    """Cross-entropy against soft targets (mixup, label smoothing); with class weights, each
-    sample counts by its target's weight, normalised like torch's weighted cross-entropy."""
-    per_class = -target * F.log_softmax(logits.float(), dim=-1)  # (B, C)
-    if class_weights is None:
-        return per_class.sum(-1).mean()
-    return (per_class * class_weights).sum() / (target * class_weights).sum()
 
 
 def main(argv=None) -> int:
@@ -77,16 +68,19 @@ def main(argv=None) -> int:
     if not cfg.data.shards:
         shards = builtin_data.made_once(acc, builtin_data.face_shards, "expression faces (AffectNet layout)")
         cfg.data.shards = str(shards["affectnet"])
+    micro, accum, samples_per_step = split_global_batch(cfg.data.global_batch, acc.num_processes,
+                                                        cfg.data.batch_size, cfg.optim.grad_accum)
     train_stream, val_stream = build_streams(cfg.data, image_size=image_size, mean=mean, seed=cfg.run.seed,
                                              rank=acc.process_index, world_size=acc.num_processes,
-                                             pin_memory=acc.device.type == "cuda")
+                                             pin_memory=acc.device.type == "cuda", micro_batch=micro,
+                                             global_batch=samples_per_step)
     counts = class_counts(train_stream, label_map, len(class_names))
-    samples_per_step = cfg.data.batch_size * acc.num_processes * cfg.optim.grad_accum
     total_steps = (math.ceil(cfg.epochs * sum(counts) / samples_per_step) if cfg.epochs else cfg.run.total_steps)
     peak_lr = scaled_lr(cfg.optim.base_lr, samples_per_step, cfg.optim.lr)
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay=cfg.optim.weight_decay, layer_decay=cfg.layer_decay),
                                   lr=0.0, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   fused=cfg.optim.fused if cfg.optim.fused is not None else acc.device.type == "cuda")
+    draws = per_sample_draws(model, cfg.run.seed, samples_per_step)  # drop path / dropout per sample
     if cfg.ema_decay:
         refuse_sharding(acc, "ema_decay (an EMA of the weights; ema_decay=null turns it off)")
     ema = ModelEmaV3(model, decay=cfg.ema_decay, device=acc.device) if cfg.ema_decay else None
@@ -94,15 +88,14 @@ def main(argv=None) -> int:
     if ema is not None:
         acc.register_for_checkpointing(ema)
 
-    mixup = None
-    if (cfg.data.mixup > 0 or cfg.data.cutmix > 0) and not cfg.model.linear_probe:
-        mixup = Mixup(mixup_alpha=cfg.data.mixup, cutmix_alpha=cfg.data.cutmix,
-                      label_smoothing=cfg.data.label_smoothing, num_classes=len(class_names))
-    erasing = RandomErasing(cfg.data.reprob, mode="pixel", device=acc.device) if cfg.data.reprob > 0 else None
+    mixing = (cfg.data.mixup > 0 or cfg.data.cutmix > 0) and not cfg.model.linear_probe
     class_weights = None
     if cfg.data.balance == "loss":
         n = torch.tensor(counts, dtype=torch.float, device=acc.device).clamp(min=1)
         class_weights = n.sum() / (len(counts) * n)
+    objective = Objective(num_classes=len(class_names), seed=cfg.run.seed, reprob=cfg.data.reprob,
+                          mixup=cfg.data.mixup if mixing else 0.0, cutmix=cfg.data.cutmix if mixing else 0.0,
+                          label_smoothing=cfg.data.label_smoothing, class_weights=class_weights)
 
     checkpointer = Checkpointer(acc, run_dir, cfg.run.keep_last)
     resolved = to_dict(cfg)
@@ -122,19 +115,11 @@ def main(argv=None) -> int:
     def loss_fn(model, batch, micro_step):
         x = normalize(batch["image"], mean, std, acc.device)
         y = batch["label"].to(acc.device, non_blocking=True)
-        if not batch["valid"].all():  # padding at the end of an exact pass, or an unreadable image
-            keep = batch["valid"].to(acc.device)
-            x, y = x[keep], y[keep]
-        if mixup is not None and x.shape[0] % 2:  # timm's batch mixup pairs samples
-            x, y = x[:-1], y[:-1]
-        if erasing is not None:
-            x = erasing(x)
-        if mixup is not None:
-            x, target = mixup(x, y)
-        else:
-            smoothing = cfg.data.label_smoothing
-            target = F.one_hot(y, len(class_names)).float() * (1 - smoothing) + smoothing / len(class_names)
-        return soft_cross_entropy(model(x), target, class_weights), {}
+        step, a = divmod(micro_step, accum)  # where the rows sit in the global step: per-sample draws
+        first = (acc.process_index * accum + a) * micro
+        positions = list(range(first, first + x.shape[0]))
+        draws.set(step, torch.tensor(positions))
+        return objective(model, x, y, batch["valid"], step, positions), {}
 
     def trained():  # the weights evaluated and exported (every process: FSDP gathers its shards)
         return ema.module if ema is not None else gathered(acc, model, lambda: build()[0])
@@ -174,7 +159,7 @@ def main(argv=None) -> int:
                  lr_at=lambda s: warmup_cosine(s, peak=peak_lr, total_steps=total_steps,
                                                warmup_steps=cfg.optim.warmup_steps, min_lr=cfg.optim.min_lr),
                  checkpointer=checkpointer, config=resolved, samples_per_step=samples_per_step,
-                 start_step=start_step, grad_accum=cfg.optim.grad_accum, grad_clip=cfg.optim.grad_clip,
+                 start_step=start_step, grad_accum=accum, grad_clip=cfg.optim.grad_clip,
                  log_every=cfg.run.log_every, save_every=cfg.run.save_every, hooks=hooks,
                  metrics_file=run_dir / "metrics.jsonl", stop=stop, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
     if stop.stopped_at is not None and step < total_steps:  # stopped early: state saved, ask for a requeue

@@ -24,8 +24,15 @@ class DataSection:
     weights: str | None = None  # "affectnet:1,celeba:1,casia:2,imdb_wiki:1" (fractions of samples)
     exclude: list[str] = field(default_factory=list)  # exclusion lists from `face-shards leakage`
     synthetic: bool = False  # smooth synthetic images instead of shards (tests, speed runs)
-    batch_size: int = 64  # per process and micro-batch
-    batches_per_epoch: int = 1000  # per process: the stream's checkpointable unit, not a dataset epoch
+    # resampled: shards drawn at random by weight; exact: every planned sample once per epoch in one
+    # global order (the weights say each source's share), resumable on any number of processes
+    mode: str = "resampled"
+    batch_size: int = 64  # per process and micro-batch (with global_batch: the most per micro-batch)
+    # samples per optimizer step over all processes; set, it stays fixed whatever the number of
+    # processes (the micro-batches per step adapt): what resuming on another shape needs
+    global_batch: int | None = None
+    lanes: int | None = None  # exact: read lanes (default: the largest divisor of the global batch up to 64)
+    batches_per_epoch: int = 1000  # resampled, per process: the stream's checkpointable unit, not a dataset epoch
     num_workers: int = 8
     shuffle_buffer: int = 2000
     block_size: int = 20000

@@ -1,4 +1,4 @@
-"""Stage 1 data: the weighted face mixture in resampled mode (or synthetic images)."""
+"""Stage 1 data: the weighted face mixture, resampled or exact (or synthetic images)."""
 from __future__ import annotations
 
 from shared.errors import UserError
@@ -8,9 +8,13 @@ from shared.stream.synthetic import SyntheticStream
 from .config import DataSection
 
 
-def build_data(cfg: DataSection, *, image_size: int, seed: int, rank: int, world_size: int, pin_memory: bool):
+def build_data(cfg: DataSection, *, image_size: int, seed: int, rank: int, world_size: int, pin_memory: bool,
+               micro_batch: int | None = None, global_batch: int | None = None):
+    """The stream of this rank: `micro_batch` per batch (default data.batch_size), and in exact
+    mode `global_batch` samples per optimizer step over all ranks."""
+    batch_size = micro_batch or cfg.batch_size
     if cfg.synthetic:
-        return SyntheticStream(batch_size=cfg.batch_size, image_size=image_size,
+        return SyntheticStream(batch_size=batch_size, image_size=image_size,
                                batches_per_epoch=cfg.batches_per_epoch, seed=seed, rank=rank, world_size=world_size)
     if not cfg.sources:
         raise UserError("no data: set data.sources (name -> shard folder or URL pattern), or data.synthetic=true")
@@ -18,8 +22,8 @@ def build_data(cfg: DataSection, *, image_size: int, seed: int, rank: int, world
         raise UserError(f"data.augment={cfg.augment!r}; pretraining uses 'mae' or 'resize'")
     sources = build_sources(cfg.sources, cfg.weights, pretraining=True)
     augment = Augment(kind=cfg.augment, size=image_size, scale=tuple(cfg.scale), interpolation=cfg.interpolation)
-    stream_cfg = StreamConfig(mode="resampled", batch_size=cfg.batch_size, batches_per_epoch=cfg.batches_per_epoch,
-                              shuffle_buffer=cfg.shuffle_buffer, block_size=cfg.block_size, seed=seed,
+    stream_cfg = StreamConfig(mode=cfg.mode, batch_size=batch_size, batches_per_epoch=cfg.batches_per_epoch,
+                              global_batch=global_batch, lanes=cfg.lanes, shuffle_buffer=cfg.shuffle_buffer, block_size=cfg.block_size, seed=seed,
                               num_workers=cfg.num_workers, pin_memory=pin_memory, augment=augment,
                               exclude=list(cfg.exclude),
                               output="jpeg" if cfg.device_decode else "decoded" if cfg.device_augment else "pixels")

@@ -26,10 +26,12 @@ from shared.encoders import load_encoder, spec_kind
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import run_cli
 from shared.stream.reading import derive_seed
+from shared.training.batching import split_global_batch
 from shared.training.checkpoint import Checkpointer
 from shared.training.device_input import DeviceBatches
 from shared.training.images import normalize
 from shared.training.loop import Hook, train
+from shared.training.per_sample import per_sample_draws
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
 from shared.training.optim import adamw
 from shared.training.schedule import scaled_lr, warmup_cosine
@@ -39,13 +41,26 @@ from shared.training.wrappers import gathered, prepare
 log = logging.getLogger("pretrain_mae")
 
 
-def mask_noise(seed: int, micro_step: int, rank: int, world_size: int, batch: int, num_patches: int, device):
-    """The masking noise of this rank's share of the global micro-batch. Drawn for the whole
-    global batch from a generator seeded by the micro-step, so a run is the same on any number of
-    processes (for the same global batch) and after a resume."""
-    g = torch.Generator(device=device).manual_seed(derive_seed(seed, "mask", micro_step) % 2**63)
-    noise = torch.rand(batch * world_size, num_patches, generator=g, device=device)
-    return noise[rank * batch:(rank + 1) * batch]
+def mask_noise(seed: int, step: int, offset: int, batch: int, global_batch: int, num_patches: int, device):
+    """The masking noise (batch, num_patches) of the samples at positions offset .. offset + batch
+    - 1 of global step `step`. Drawn for the whole global batch from a generator seeded by the
+    step, so every sample gets the same mask on any number of processes, with any accumulation,
+    and after a resume."""
+    g = torch.Generator(device=device).manual_seed(derive_seed(seed, "mask", step) % 2**63)
+    noise = torch.rand(global_batch, num_patches, generator=g, device=device)
+    return noise[offset:offset + batch]
+
+
+def mae_loss(model, x: torch.Tensor, noise: torch.Tensor, valid: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """The MAE loss of the valid samples (padding at the end of an exact epoch, unreadable images
+    left out) as their sum / the micro-batch size: the steps' losses then do not depend on how
+    a step is split over processes and micro-batches."""
+    if valid.all():
+        return model(x, mask_ratio=mask_ratio, noise=noise)[0]
+    if not valid.any():  # still a forward and backward: every rank reduces the same gradients
+        return model(x, mask_ratio=mask_ratio, noise=noise)[0] * 0.0
+    keep = valid.to(x.device)
+    return model(x[keep], mask_ratio=mask_ratio, noise=noise[keep])[0] * keep.sum() / x.shape[0]
 
 
 def initial_weights(spec: str) -> dict[str, torch.Tensor]:
@@ -77,12 +92,15 @@ def main(argv=None) -> int:
     if not cfg.data.sources and not cfg.data.synthetic:
         shards = builtin_data.made_once(acc, builtin_data.face_shards, "faces (AffectNet, CelebA, CASIA-WebFace layouts)")
         cfg.data.sources = {name: str(folder) for name, folder in shards.items()}
+    micro, accum, samples_per_step = split_global_batch(cfg.data.global_batch, acc.num_processes,
+                                                        cfg.data.batch_size, cfg.optim.grad_accum)
     data = build_data(cfg.data, image_size=image_size, seed=cfg.run.seed, rank=acc.process_index,
-                      world_size=acc.num_processes, pin_memory=acc.device.type == "cuda")
+                      world_size=acc.num_processes, pin_memory=acc.device.type == "cuda", micro_batch=micro,
+                      global_batch=samples_per_step)
     data = DeviceBatches(data, acc.device)  # images on the device, made there too with data.device_*
-    samples_per_step = cfg.data.batch_size * acc.num_processes * cfg.optim.grad_accum
     total_steps = math.ceil(cfg.total_samples / samples_per_step) if cfg.total_samples else cfg.run.total_steps
     peak_lr = scaled_lr(cfg.optim.base_lr, samples_per_step, cfg.optim.lr)
+    draws = per_sample_draws(model, cfg.run.seed, samples_per_step)  # drop path per sample, if any
     optimizer = adamw(model, cfg.optim, acc.device)
     model, optimizer = prepare(acc, model, optimizer, cfg.run)
 
@@ -94,18 +112,20 @@ def main(argv=None) -> int:
         StopRequest.clear_markers(run_dir)
     stop = StopRequest(acc, run_dir, check_every=cfg.run.stop_check_every)
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
-    log.info("%s: %d steps of %d images (peak lr %.2e) on %d process(es)", cfg.model.name, total_steps,
-             samples_per_step, peak_lr, acc.num_processes)
+    log.info("%s: %d steps of %d images (peak lr %.2e) on %d process(es), %d micro-batch(es) of %d each",
+             cfg.model.name, total_steps, samples_per_step, peak_lr, acc.num_processes, accum, micro)
 
     last_images: list[torch.Tensor] = []
 
     def loss_fn(model, batch, micro_step):
         last_images[:] = [batch["image"]]
         x = normalize(batch["image"], cfg.data.mean, cfg.data.std, acc.device)
-        noise = mask_noise(cfg.run.seed, micro_step, acc.process_index, acc.num_processes, x.shape[0],
-                           num_patches, acc.device)
-        loss, _, _ = model(x, mask_ratio=cfg.model.mask_ratio, noise=noise)
-        return loss, {}
+        step, a = divmod(micro_step, accum)
+        first = (acc.process_index * accum + a) * micro  # the rows' positions in the global step
+        noise = mask_noise(cfg.run.seed, step, first, x.shape[0], samples_per_step, num_patches, acc.device)
+        rows, valid = torch.arange(first, first + x.shape[0]), batch["valid"]
+        draws.set(step, rows[valid] if valid.any() else rows)
+        return mae_loss(model, x, noise, batch["valid"], cfg.model.mask_ratio), {}
 
     def build():  # an empty copy of the model, for FSDP's gathered weights
         return build_mae(cfg.model.name, **cfg.model.overrides)
@@ -126,7 +146,7 @@ def main(argv=None) -> int:
                  lr_at=lambda s: warmup_cosine(s, peak=peak_lr, total_steps=total_steps,
                                                warmup_steps=cfg.optim.warmup_steps, min_lr=cfg.optim.min_lr),
                  checkpointer=checkpointer, config=resolved, samples_per_step=samples_per_step,
-                 start_step=start_step, stop_after=cfg.stop_after, grad_accum=cfg.optim.grad_accum,
+                 start_step=start_step, stop_after=cfg.stop_after, grad_accum=accum,
                  grad_clip=cfg.optim.grad_clip, log_every=cfg.run.log_every, save_every=cfg.run.save_every,
                  hooks=hooks, metrics_file=run_dir / "metrics.jsonl", stop=stop,
                  max_nonfinite_steps=cfg.run.max_nonfinite_steps)

@@ -72,9 +72,9 @@ def test_every_benchmark_is_listed_with_its_command():
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == ["input_pipeline", "mae_step_cpu", "mae_step_gpu", "gpu_input", "eri_epoch", "extract_speed",
-                     "profile_step", "profile_eri_epoch"]
-    assert all("--quick" in line for line in proc.stdout.splitlines()[:6])
+    assert names == ["input_pipeline", "exact_stream", "mae_step_cpu", "mae_step_gpu", "gpu_input", "eri_epoch",
+                     "extract_speed", "profile_step", "profile_eri_epoch"]
+    assert all("--quick" in line for line in proc.stdout.splitlines()[:7])
 
 
 @pytest.mark.parametrize("name", ["mae_vit_test", "mae_vit_tiny_patch16"])

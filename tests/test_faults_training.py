@@ -184,3 +184,50 @@ def test_a_state_of_another_architecture_names_missing_unexpected_and_resized_ke
         checkpointer.restore(str(state), NoData())
 
 
+
+
+class ReshapableData(NoData):
+    """Data that can take the positions a run of another size saved (as exact streams can)."""
+
+    def __init__(self):
+        self.loaded = None
+
+    def load_saved_states(self, states: list[dict]) -> None:
+        self.loaded = states
+
+
+def test_states_saved_on_another_number_of_processes(tmp_path):
+    """Saved by 3 processes, resumed on 1: the data gets every process's position in rank
+    order; FSDP shards of another number of processes are refused in one line."""
+    acc, model, _ = accelerator(build_mae("mae_vit_test"))
+    Checkpointer(acc, tmp_path).save(7, {"stream": {"rank": 0}}, {})
+    state = tmp_path / "checkpoints" / "step_00000007"
+    meta = json.loads((state / "meta.json").read_text())
+    (state / "meta.json").write_text(json.dumps({**meta, "world_size": 3}))
+    for r in (1, 2):  # what the other two processes wrote
+        (state / f"rank_{r}.json").write_text(json.dumps({"step": 7, "stream": {"rank": r}}))
+    data = ReshapableData()
+    assert Checkpointer(acc, tmp_path).restore("auto", data) == (7, state)
+    assert data.loaded == [{"rank": 0}, {"rank": 1}, {"rank": 2}]
+    with pytest.raises(UserError, match=r"was saved by 3 processes, this run has 1; resume with the same number "
+                                        r"of processes \(only exact streams .* this run's data is NoData\)"):
+        Checkpointer(acc, tmp_path).restore("auto", NoData())
+    (state / "pytorch_model_fsdp_0").mkdir()
+    with pytest.raises(UserError) as info:
+        Checkpointer(acc, tmp_path).restore("auto", ReshapableData())
+    assert str(info.value) == (f"{state} holds FSDP states sharded over 3 processes (pytorch_model_fsdp_0), this run "
+                               "has 1; resume on 3 processes (or save whole states: fsdp_state_dict_type "
+                               "FULL_STATE_DICT)")
+
+
+def test_the_global_batch_is_split_over_any_number_of_processes_that_divides_it():
+    from shared.training.batching import split_global_batch
+    assert split_global_batch(None, 2, 4, 3) == (4, 3, 24)  # no global batch: the config's own
+    assert split_global_batch(6, 1, 3) == (3, 2, 6)  # one process: two micro-batches of 3
+    assert split_global_batch(6, 2, 3) == (3, 1, 6)
+    assert split_global_batch(6, 3, 3) == (2, 1, 6)
+    assert split_global_batch(12, 2, 4, grad_accum=3) == (2, 3, 12)
+    with pytest.raises(UserError) as info:
+        split_global_batch(6, 4, 3)
+    assert str(info.value) == ("data.global_batch=6 cannot be split evenly over 4 processes; choose a multiple of 4 "
+                               "or run on a number of processes that divides it")

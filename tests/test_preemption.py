@@ -3,7 +3,9 @@ for a requeue, and `--resume auto` continues exactly (CPU, real processes)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +76,72 @@ def test_finetuning_stops_and_resumes_too(tiny_encoder, expression_shards, tmp_p
     assert proc.wait(timeout=120) == EXIT_REQUEUE
     run_stage(FINETUNE, "--resume", "auto", *args, f"run.output_dir={tmp_path / 'parts'}")
     assert_same_losses(tmp_path / "whole", tmp_path / "parts", 40)
+
+
+def exact_args(out, shards, workers):
+    """Stage 1 on the exact, weighted stream with a global batch of 6 whatever the processes."""
+    sources = "{celeba: %s, casia: %s, imdb: %s}" % (shards["celeba"], shards["casia"], shards["imdb_wiki"])
+    return ["model.name=mae_vit_test", f"data.sources={sources}", "data.weights=celeba:1,casia:1,imdb:1",
+            "data.mode=exact", "data.global_batch=6", "data.batch_size=3", f"data.num_workers={workers}",
+            "data.shuffle_buffer=4", "optim.lr=1e-3", "optim.warmup_steps=2", "optim.grad_clip=1.0",
+            "run.total_steps=40", "run.save_every=1000", "run.log_every=1", "run.stop_check_every=1",
+            "run.mixed_precision=no", "run.trackers=[]", "figures.every=0", f"run.output_dir={out}"]
+
+
+def test_sigterm_on_two_processes_resumes_on_one_and_on_three(shards, tmp_path):
+    """2 processes x 2 workers stopped by SIGTERM mid-epoch (an epoch is 10 steps); resumed on
+    1 x 3 (two micro-batches of 3 per step) and on 3 x 1 (micro-batches of 2): every step's loss
+    and the final weights are those of one uninterrupted process."""
+    import shutil
+    import torch
+    from safetensors.torch import load_file
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run_stage(PRETRAIN, *exact_args(whole, shards, 3))
+    proc = start_stage(PRETRAIN, *exact_args(parts, shards, 2), processes=2)
+    wait_for_steps(parts, 3, proc)
+    for child in (Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()):
+        os.kill(int(child), signal.SIGTERM)  # the training processes themselves, as SLURM does
+    proc.wait(timeout=120)
+    stopped = int((parts / "REQUEUE").read_text())
+    assert 3 <= stopped < 40 and stopped % 10, stopped
+    final = load_file(whole / "checkpoints" / "step_00000040" / "model.safetensors")
+    for processes, workers in ((1, 3), (3, 1)):
+        again = tmp_path / f"on{processes}"
+        shutil.copytree(parts, again)
+        (again / "metrics.jsonl").unlink()  # only the resumed steps
+        out = run_stage(PRETRAIN, "--resume", "auto", *exact_args(again, shards, workers), processes=processes)
+        line = (f"resuming at sample {stopped * 6 % 60} of epoch {stopped // 10} on {processes} processes x "
+                f"{workers} workers, saved on 2 x 2")
+        assert line in out.stderr
+        a, b = metrics(whole), metrics(again)
+        for step in range(stopped + 1, 41):
+            assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-5), (processes, step)
+        weights = load_file(again / "checkpoints" / "step_00000040" / "model.safetensors")
+        assert max((weights[k] - final[k]).abs().max().item() for k in final) < 1e-4, processes
+
+
+def test_finetuning_stopped_on_two_processes_resumes_on_one(tiny_encoder, expression_shards, tmp_path):
+    """Stage 2 on the exact pass with drop path, random erasing, mixup and cutmix on: stopped on
+    2 processes, resumed on 1 (two micro-batches per step): the losses and weights of one
+    uninterrupted process, since every random draw is made per sample."""
+    from safetensors.torch import load_file
+    args = [f"model.encoder={tiny_encoder}", f"data.shards={expression_shards}", "model.hidden_dim=16",
+            "model.drop_path=0.2", "model.dropout=0.1", "data.global_batch=8", "data.batch_size=4",
+            "data.eval_batch_size=8", "data.balance=none", "data.auto_augment=null", "data.reprob=0.5",
+            "data.mixup=0.8", "data.cutmix=1.0", "optim.lr=1e-3", "optim.grad_clip=1.0", "run.total_steps=30",
+            "run.save_every=1000", "run.log_every=1", "run.stop_check_every=1", "eval.every=0", "ema_decay=0.9",
+            "run.mixed_precision=no", "run.trackers=[]"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run_stage(FINETUNE, *args, "data.num_workers=0", f"run.output_dir={whole}")
+    proc = start_stage(FINETUNE, *args, "data.num_workers=2", f"run.output_dir={parts}", processes=2)
+    wait_for_steps(parts, 3, proc)
+    for child in (Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()):
+        os.kill(int(child), signal.SIGTERM)
+    proc.wait(timeout=120)
+    stopped = int((parts / "REQUEUE").read_text())
+    out = run_stage(FINETUNE, "--resume", "auto", *args, "data.num_workers=1", f"run.output_dir={parts}")
+    assert "on 1 processes x 1 workers, saved on 2 x 2" in out.stderr
+    assert_same_losses(whole, parts, 30)
+    a = load_file(whole / "checkpoints" / "step_00000030" / "model.safetensors")
+    b = load_file(parts / "checkpoints" / "step_00000030" / "model.safetensors")
+    assert stopped < 30 and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4

@@ -45,3 +45,35 @@ def test_resampled_ranks_get_equal_batches_different_samples_and_the_mixture(two
     assert total == 2 * 40 * 25
     for source, share in (("affectnet", 0.25), ("celeba", 0.5), ("imdb_wiki", 0.25)):
         assert counts[source] / total == pytest.approx(share, abs=0.06), counts
+
+
+def launch(script: Path, args: list[str], processes: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    cmd = [sys.executable, str(script), *args]
+    if processes > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
+               "127.0.0.1", "--master_port", str(free_port()), *cmd[1:]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_exact_stream_stopped_on_2x2_resumes_on_1x3_and_3x1(shards, tmp_path):
+    """Real processes: 2 ranks x 2 workers read 4 of the epoch's 6 global steps and stop; 1 rank x
+    3 workers and 3 ranks x 1 worker each resume from the saved positions. The steps after the
+    resume (into the next epoch) are those of one uninterrupted process, images included, and the
+    epoch's samples are all read, none twice."""
+    root, script = shards["celeba"].parent, HERE / "dist_reshape_worker.py"
+    launch(script, [str(root), str(tmp_path / "whole.json"), "0", "8"], 1)
+    launch(script, [str(root), str(tmp_path / "first.json"), "2", "4"], 2)
+    whole = json.loads((tmp_path / "whole.json").read_text())["steps"]
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert first["steps"] == whole[:4]
+    assert [s["samples"] for s in first["states"]] == [24, 24]
+    expected = set(read_samples(shards["celeba"])) | set(read_samples(shards["casia_rec"]))
+    for processes, workers in ((1, 3), (3, 1)):
+        out = tmp_path / f"on{processes}.json"
+        launch(script, [str(root), str(out), str(workers), "4", str(tmp_path / "first.json")], processes)
+        rest = json.loads(out.read_text())["steps"]
+        assert first["steps"] + rest == whole, (processes, workers)
+        keys = [k for keys, _ in (first["steps"] + rest)[:6] for k in keys if k]
+        assert len(keys) == len(set(keys)) == len(expected) and set(keys) == expected

@@ -2,10 +2,16 @@
 
 Each rank builds its own `FaceStream(sources, config, rank, world_size)` and iterates it; the
 stream makes its own DataLoader (Accelerate's `prepare` is not for iterable pipelines). Every
-worker of every rank yields the same number of full batches, so no rank waits at the end of an
-epoch. `state_dict()` is the stream's position (epoch, batches consumed, each worker's raw
-cursor, error counts); after `load_state_dict` the stream continues with exactly the batches
-an uninterrupted run would have produced.
+rank yields the same number of full batches, so no rank waits at the end of an epoch.
+`state_dict()` is the stream's position; after `load_state_dict` the stream continues with
+exactly the batches an uninterrupted run would have produced.
+
+- resampled: each worker makes whole batches in turn; the position is the epoch, the batches
+  consumed and each worker's raw cursor, and resuming needs the same shape (processes x workers):
+  on another shape the stream goes on with the fresh draws of the next epoch and says so.
+- exact: the epoch's order is global (see `exact`); every worker makes its part of every batch
+  and the position is a global sample count, so a resume on any shape with the same global
+  batch continues exactly (`load_saved_states` takes the states every process saved).
 
 Batches are dicts: image uint8 (B, 3, H, W) (channels-last in memory: zero-copy from the
 decoder), valid bool (B,) (False for padding in exact mode), label int64 (B,) (-1 when the
@@ -26,7 +32,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import order
-from .decode import OUTPUTS, Augment, decode_sample, pack_plans, plan_sample
+from .decode import OUTPUTS, Augment, decode_sample, merge_plans, pack_plans, plan_sample
+from .exact import ExactLayout, check_counts, default_lanes, exact_raw, quotas
 from .reading import ErrorLog, derive_seed, placeholder
 from .sources import Source, class_subset
 from ..errors import UserError
@@ -39,11 +46,14 @@ MODES = ("resampled", "exact")
 @dataclass
 class StreamConfig:
     mode: str = "resampled"  # resampled (pretraining) | exact (fine-tuning, evaluation)
-    batch_size: int = 64  # per rank
+    batch_size: int = 64  # per rank and micro-batch
     batches_per_epoch: int | None = None  # resampled: per rank, equal on every rank
     shuffle: bool = True  # exact: shuffle each epoch (training) or keep order (evaluation)
     shuffle_buffer: int = 2000  # per worker in resampled mode, per lane in exact mode
-    lanes: int | None = None  # exact: fixed -> the same global batches on any number of ranks (see order)
+    # exact: samples per optimizer step over all ranks (default batch_size x world size); it and
+    # the lanes (default: the largest divisor of it up to 64) fix the order, see `exact`
+    global_batch: int | None = None
+    lanes: int | None = None
     block_size: int = 20000  # resampled: samples per re-seeded block; bounds the cost of a resume
     seed: int = 0
     num_workers: int = 4
@@ -77,17 +87,16 @@ class StreamConfig:
 @dataclass
 class Position:
     epoch: int = 0
-    batch: int = 0  # batches of this epoch already delivered on this rank
-    cursors: list[int] = field(default_factory=list)  # raw samples each worker (resampled) or lane consumed
+    batch: int = 0  # batches (micro-batches) of this epoch already delivered on this rank
+    cursors: list[int] = field(default_factory=list)  # resampled: raw samples each worker consumed
 
 
 class _Workers(IterableDataset):
     """One epoch of one rank, from a given position; runs inside the DataLoader workers."""
 
     def __init__(self, stream: "FaceStream", position: Position):
-        self.sources, self.cfg = stream.sources, stream.config
+        self.stream, self.sources, self.cfg = stream, stream.sources, stream.config
         self.rank, self.world_size, self.num_slots = stream.rank, stream.world_size, stream.workers_per_rank
-        self.lanes, self.feeds = stream.lanes, stream.feeds_per_worker
         self.batches = stream.batches_per_epoch
         self.exclude, self.keep, self.repeats = stream.exclude, stream.keep, stream.repeats
         self.label_map = stream.config.label_map
@@ -95,53 +104,56 @@ class _Workers(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
+        worker_id = info.id if info is not None else 0
+        errors = ErrorLog()
+        if self.cfg.mode == "exact":
+            yield from self._exact(worker_id, errors)
+        else:
+            yield from self._resampled(worker_id, errors)
+
+    def _exact(self, worker: int, errors: ErrorLog) -> Iterator[dict]:
+        """This worker's part of every batch (the main process puts the parts together)."""
+        pos = self.position
+        for _, part in exact_raw(self.stream, self.rank, worker, pos.epoch, pos.batch, errors):
+            items = []
+            for sample, rng in part:
+                decoded = self._decode(sample if sample is not None else placeholder("padding"), rng, errors)
+                items.append((decoded, sample))
+            yield self._pack([d for d, _ in items], [s["__key__"] if s else "" for _, s in items], worker, errors)
+
+    def _resampled(self, worker_id: int, errors: ErrorLog) -> Iterator[dict]:
+        """Whole batches, worker k making batches k, k + K, ... of the epoch."""
         cfg, pos = self.cfg, self.position
         # The DataLoader asks its workers in turn starting from worker 0, and batch k belongs to
         # slot k % W; rotating the roles makes worker 0 own the first batch after a resume.
-        worker = ((info.id if info is not None else 0) + pos.batch) % self.num_slots
-        errors = ErrorLog()
-        cursors = pos.cursors[worker * self.feeds:(worker + 1) * self.feeds]
-        common = dict(seed=cfg.seed, epoch=pos.epoch, shuffle_buffer=cfg.shuffle_buffer, exclude=self.exclude,
-                      errors=errors, keep=self.keep)
-        if cfg.mode == "resampled":  # one feed per worker
-            feeds = [(order.resampled_samples(self.sources, rank=self.rank, worker=worker, start=cursors[0],
-                                              block_size=cfg.block_size, repeats=self.repeats, **common),
-                      (self.rank, worker))]
-        else:  # one feed per lane; its samples' augmentations are seeded by lane, not by rank
-            lanes = order.lane_ids(self.rank, worker, self.world_size, self.num_slots, self.lanes)
-            feeds = [(order.lane_samples(self.sources, lane=lane, lanes=self.lanes, start=start,
-                                         shuffle=cfg.shuffle, **common), ("lane", lane))
-                     for lane, start in zip(lanes, cursors)]
-        chunk = cfg.batch_size // len(feeds)
+        worker = (worker_id + pos.batch) % self.num_slots
+        cursor = pos.cursors[worker]
+        raw = order.resampled_samples(self.sources, seed=cfg.seed, rank=self.rank, worker=worker, epoch=pos.epoch,
+                                      start=cursor, block_size=cfg.block_size, shuffle_buffer=cfg.shuffle_buffer,
+                                      exclude=self.exclude, errors=errors, keep=self.keep, repeats=self.repeats)
         first = pos.batch + (worker - pos.batch) % self.num_slots  # this slot's next batch index
         for _ in range(first, self.batches, self.num_slots):
-            images, valid, labels, keys, metas = [], [], [], [], []
-            for f, (raw, key) in enumerate(feeds):
-                goal = len(images) + chunk
-                while len(images) < goal:
-                    sample = next(raw, None)
-                    if sample is None:  # exact mode: the lane's share is used up; pad
-                        sample = placeholder("padding")
-                    else:
-                        cursors[f] += 1
-                    rng = random.Random(derive_seed(cfg.seed, "augment", *key, pos.epoch, cursors[f]))
-                    decoded = self._decode(sample, rng, errors)
-                    if decoded is None:
-                        continue
-                    image, meta, label = decoded
-                    images.append(image)
-                    valid.append(image is not None)
-                    labels.append(label)
+            decoded, keys = [], []
+            while len(decoded) < cfg.batch_size:
+                sample = next(raw)
+                cursor += 1
+                rng = random.Random(derive_seed(cfg.seed, "augment", self.rank, worker, pos.epoch, cursor))
+                out = self._decode(sample, rng, errors)
+                if out is not None:
+                    decoded.append(out)
                     keys.append(sample["__key__"])
-                    metas.append(meta)
-            if cfg.output == "pixels":
-                pixels = {"image": _stack(images, cfg.augment.size)}
-            else:
-                pixels = {"plan": pack_plans(images, cfg.augment)}
-            yield {**pixels, "valid": torch.tensor(valid),
-                   "label": torch.tensor(labels, dtype=torch.int64), "key": keys, "meta": metas,
-                   "_worker": worker, "_cursors": list(cursors), "_errors": errors.count,
-                   "_messages": errors.take_unreported()}
+            yield {**self._pack(decoded, keys, worker, errors), "_cursor": cursor}
+
+    def _pack(self, decoded: list[tuple], keys: list[str], worker: int, errors: ErrorLog) -> dict:
+        images = [image for image, _, _ in decoded]
+        if self.cfg.output == "pixels":
+            pixels = {"image": _stack(images, self.cfg.augment.size)}
+        else:
+            pixels = {"plan": pack_plans(images, self.cfg.augment)}
+        return {**pixels, "valid": torch.tensor([image is not None for image in images], dtype=torch.bool),
+                "label": torch.tensor([label for _, _, label in decoded], dtype=torch.int64), "key": keys,
+                "meta": [meta for _, meta, _ in decoded], "_worker": worker, "_errors": errors.count,
+                "_messages": errors.take_unreported()}
 
     def _decode(self, sample: dict, rng: random.Random, errors: ErrorLog):
         """(image, meta, label); for a corrupt sample None in resampled mode (skipped) and a
@@ -174,7 +186,7 @@ def _as_is(batch: dict) -> dict:
 def _stack(images: list[np.ndarray | None], size: int) -> torch.Tensor:
     shape = next((im.shape for im in images if im is not None), (size, size, 3))
     blank = np.zeros(shape, np.uint8)
-    batch = np.stack([im if im is not None else blank for im in images])
+    batch = np.stack([im if im is not None else blank for im in images]) if images else np.zeros((0, *shape), np.uint8)
     return torch.from_numpy(batch).permute(0, 3, 1, 2)  # (B, 3, H, W), channels-last memory
 
 
@@ -206,27 +218,26 @@ class FaceStream:
         if self.keep is not None and config.mode == "exact":
             sources = self.sources = [class_subset(s, self.keep) for s in sources]
         self.repeats = balanced_repeats(sources, self.keep) if config.balance_classes else None
+        self.layout = None
         if config.mode == "exact":
-            self.lanes = order.exact_lanes(world_size, self.workers_per_rank, config.lanes)
-            self.feeds_per_worker = self.lanes // (world_size * self.workers_per_rank)
-            if config.batch_size % self.feeds_per_worker:
-                raise UserError(f"batch size {config.batch_size} per rank is not a multiple of the "
-                                f"{self.feeds_per_worker} lanes each worker reads ({self.lanes} lanes)")
-            self.total, per_lane = order.exact_plan(sources, self.lanes, config.batch_size // self.feeds_per_worker)
-            self.batches_per_epoch = per_lane * self.workers_per_rank
+            check_counts(sources)
+            global_batch = config.global_batch or config.batch_size * world_size
+            self.layout = ExactLayout(total=sum(quotas(sources)), lanes=config.lanes or default_lanes(global_batch),
+                                      global_batch=global_batch, world_size=world_size,
+                                      micro_batch=config.batch_size, workers=self.workers_per_rank)
+            self.total, self.lanes, self.batches_per_epoch = self.layout.total, self.layout.lanes, self.layout.batches
         else:
-            self.lanes, self.feeds_per_worker = None, 1
-            self.total, self.batches_per_epoch = None, int(config.batches_per_epoch)
-        self.position = Position(cursors=[0] * self.num_feeds)
+            self.total, self.lanes, self.batches_per_epoch = None, None, int(config.batches_per_epoch)
+        self.position = self._start(0)
         self.errors = 0
         self.error_messages: list[str] = []
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    @property
-    def num_feeds(self) -> int:
-        return self.workers_per_rank * self.feeds_per_worker
+    def _start(self, epoch: int) -> Position:
+        cursors = [0] * self.workers_per_rank if self.config.mode == "resampled" else []
+        return Position(epoch, 0, cursors)
 
     def __iter__(self) -> Iterator[dict]:
         """Batches of the current epoch from the current position; then moves to the next epoch."""
@@ -238,31 +249,99 @@ class FaceStream:
         loader = DataLoader(_Workers(self, pos), batch_size=None, num_workers=self.config.num_workers,
                             pin_memory=self.config.pin_memory, generator=generator, collate_fn=_as_is,
                             prefetch_factor=self.config.prefetch_factor if self.config.num_workers else None)
-        for batch in loader:
-            worker = batch.pop("_worker")
-            k = self.feeds_per_worker
-            self.position.cursors[worker * k:(worker + 1) * k] = batch.pop("_cursors")
-            count = batch.pop("_errors")
+        parts = []
+        for item in loader:
+            worker = item.pop("_worker")
+            count = item.pop("_errors")
             self.errors += count - seen_errors[worker]
             seen_errors[worker] = count
-            for message in batch.pop("_messages"):
+            for message in item.pop("_messages"):
                 log.warning("face stream (rank %d): skipped %s", self.rank, message)
                 if len(self.error_messages) < 20:
                     self.error_messages.append(message)
+            if self.config.mode == "resampled":
+                self.position.cursors[worker] = item.pop("_cursor")
+            else:  # exact: worker k sends part k of every batch, in turn
+                parts.append(item)
+                if len(parts) < self.workers_per_rank:
+                    continue
+                item, parts = _joined(parts, self.config.pin_memory), []
             self.position.batch += 1
-            yield batch
-        self.position = Position(self.position.epoch + 1, 0, [0] * self.num_feeds)
+            yield item
+        self.position = self._start(self.position.epoch + 1)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.position.epoch, "batch": self.position.batch, "cursors": list(self.position.cursors),
-                "errors": self.errors, "mode": self.config.mode, "world_size": self.world_size,
-                "workers": self.workers_per_rank, "seed": self.config.seed, "lanes": self.lanes}
+        state = {"epoch": self.position.epoch, "batch": self.position.batch, "cursors": list(self.position.cursors),
+                 "errors": self.errors, "mode": self.config.mode, "world_size": self.world_size,
+                 "workers": self.workers_per_rank, "seed": self.config.seed, "batch_size": self.config.batch_size}
+        if self.layout is not None:
+            state.update(self._order_settings(), accum=self.layout.accum,
+                         samples=self.position.batch // self.layout.accum * self.layout.global_batch)
+        return state
+
+    def _order_settings(self) -> dict:
+        """What fixes the exact order besides the data: equal settings, equal order."""
+        return {"global_batch": self.layout.global_batch, "lanes": self.layout.lanes,
+                "shuffle_buffer": self.config.shuffle_buffer, "shuffle": self.config.shuffle}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = (state["mode"], state["world_size"], state["workers"], state["seed"], state.get("lanes"))
-        now = (self.config.mode, self.world_size, self.workers_per_rank, self.config.seed, self.lanes)
-        if saved != now:
-            raise UserError(f"the saved stream position is for (mode, world size, workers per rank, seed, lanes) = {saved}, "
-                            f"this run has {now}; resume with the same settings")
-        self.position = Position(state["epoch"], state["batch"], list(state["cursors"]))
-        self.errors = state["errors"]
+        """This rank's own saved position (a run of the same shape)."""
+        self.load_saved_states([state], own=state)
+
+    def load_saved_states(self, states: list[dict], own: dict | None = None) -> None:
+        """Resume from the positions every rank of the saved run saved (rank order); `own` is
+        this rank's when the shape is the same. See the module docstring for what a resume
+        onto another shape does."""
+        first = states[0]
+        if first["mode"] != self.config.mode or first["seed"] != self.config.seed:
+            raise UserError(f"the saved stream position is for mode {first['mode']}, seed {first['seed']}; this run has "
+                            f"mode {self.config.mode}, seed {self.config.seed}; resume with the same settings")
+        saved_shape = (first["world_size"], first["workers"], first.get("batch_size", self.config.batch_size))
+        same = saved_shape == (self.world_size, self.workers_per_rank, self.config.batch_size)
+        mine = own if own is not None else states[self.rank] if same else first
+        if self.config.mode == "exact":
+            self._resume_exact(mine, states, same)
+        elif same:
+            self.position = Position(mine["epoch"], mine["batch"], list(mine["cursors"]))
+        else:
+            self.position = self._start(first["epoch"] + 1)
+            log.info("resampled stream saved on %d x %d resumes on %d processes x %d workers with the fresh draws of "
+                     "epoch %d (a resampled stream depends on the shape; mode=exact resumes exactly)",
+                     first["world_size"], first["workers"], self.world_size, self.workers_per_rank, first["epoch"] + 1)
+        if same or own is not None:
+            self.errors = mine["errors"]
+        else:  # the saved ranks' counts, once
+            self.errors = sum(s["errors"] for s in states) if self.rank == 0 else 0
+
+    def _resume_exact(self, mine: dict, states: list[dict], same: bool) -> None:
+        saved = {k: mine.get(k) for k in self._order_settings()}
+        if saved != self._order_settings():
+            raise UserError(f"the saved stream position is for an exact order with {saved}; this run has "
+                            f"{self._order_settings()}: keep the global batch, lanes and shuffle buffer of the run")
+        if same:
+            self.position = Position(mine["epoch"], mine["batch"])
+            return
+        if mine["batch"] % mine["accum"]:
+            raise UserError(f"the stream was saved in the middle of an accumulated step (micro-batch {mine['batch']} "
+                            f"of steps of {mine['accum']}); resume it on {mine['world_size']} process(es) with "
+                            f"micro-batch {mine['batch_size']}")
+        steps = mine["batch"] // mine["accum"]
+        self.position = Position(mine["epoch"], steps * self.layout.accum)
+        log.info("resuming at sample %d of epoch %d on %d processes x %d workers, saved on %d x %d",
+                 steps * self.layout.global_batch, mine["epoch"], self.world_size, self.workers_per_rank,
+                 mine["world_size"], mine["workers"])
+
+
+def _joined(parts: list[dict], pin: bool) -> dict:
+    """The workers' parts of one batch, in worker order, as one batch."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {"valid": torch.cat([p["valid"] for p in parts]), "label": torch.cat([p["label"] for p in parts]),
+           "key": [k for p in parts for k in p["key"]], "meta": [m for p in parts for m in p["meta"]]}
+    if "image" in parts[0]:
+        nhwc = [p["image"].permute(0, 2, 3, 1) for p in parts]  # channels-last memory: a plain concat
+        joined = torch.empty((sum(x.shape[0] for x in nhwc), *nhwc[0].shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        out["image"] = torch.cat(nhwc, out=joined).permute(0, 3, 1, 2)
+    else:
+        out["plan"] = merge_plans([p["plan"] for p in parts])
+    return out

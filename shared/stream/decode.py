@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import math
 import random
@@ -245,10 +246,21 @@ def pack_plans(plans: list[Planned | None], aug: Augment) -> dict:
     plans = [p if p is not None else blank for p in plans]
     offsets = np.zeros(len(plans) + 1, np.int64)
     np.cumsum([p.payload.size for p in plans], out=offsets[1:])
-    return {"data": torch.from_numpy(np.concatenate([p.payload for p in plans])),
+    payload = np.concatenate([p.payload for p in plans]) if plans else np.zeros(0, np.uint8)  # an empty part
+    return {"data": torch.from_numpy(payload),
             "offsets": torch.from_numpy(offsets),
             "jpeg": torch.tensor([p.jpeg for p in plans]),
             "shape": torch.tensor([(p.height, p.width) for p in plans], dtype=torch.int64).view(-1, 2),
             "box": torch.tensor([p.box for p in plans], dtype=torch.int64).view(-1, 4),
             "flip": torch.tensor([p.flip for p in plans]),
             "size": aug.size, "interpolation": aug.interpolation}
+
+
+def merge_plans(packs: list[dict]) -> dict:
+    """Packed plans of consecutive parts of a batch (`pack_plans`) as one pack."""
+    ends = [p["offsets"][-1] for p in packs]
+    shifts = [0, *itertools.accumulate(int(e) for e in ends[:-1])]
+    offsets = torch.cat([packs[0]["offsets"][:1]] + [p["offsets"][1:] + shift for p, shift in zip(packs, shifts)])
+    return {"data": torch.cat([p["data"] for p in packs]), "offsets": offsets,
+            **{k: torch.cat([p[k] for p in packs]) for k in ("jpeg", "shape", "box", "flip")},
+            "size": packs[0]["size"], "interpolation": packs[0]["interpolation"]}

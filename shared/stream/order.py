@@ -1,18 +1,19 @@
 """Which raw samples each (rank, worker) reads, in which order, in each epoch.
 
-Everything here is a pure function of (seed, rank, worker, epoch, position), which is what
-makes a stream resumable: a worker restarted at raw position `start` produces exactly the
-samples it would have produced after its first `start` ones.
+Everything here is a pure function of (seed, rank, worker, epoch, position) in resampled mode
+and of (seed, lane, epoch, position) in exact mode, which is what makes a stream resumable: a
+reader restarted at raw position `start` produces exactly the samples it would have produced
+after its first `start` ones.
 
 - resampled: shards are drawn at random by source weight, read through a shuffle buffer, in
   blocks of `block_size` samples. Each block restarts from its own seed, so resuming costs at
   most one block of tar reading (no decoding).
-- exact: the shards of the split (in an order shuffled per epoch when training) are cut into
-  `lanes` contiguous, nearly equal ranges, so every sample is read exactly once across all
-  ranks; short or broken shards are filled with placeholders so every lane keeps its planned
-  size. Each lane has its own shuffle buffer and augmentation seeds, and global batch g is
-  chunk g of a fixed group of lanes (see `lane_ids`), split over the ranks: with the number of
-  lanes fixed, N processes see exactly the batches one process sees with N times the batch.
+- exact: the epoch's material (see `exact.epoch_material`: each source's share, shards in an
+  order shuffled per epoch when training) is cut into `lanes` contiguous, nearly equal ranges,
+  so every planned sample is read exactly once; short or broken shards are filled with
+  placeholders so every lane keeps its planned size. Each lane has its own shuffle buffer; which
+  lane sample sits at which global position is `exact.ExactLayout`'s business, and it does not
+  depend on the number of ranks or workers.
 """
 from __future__ import annotations
 
@@ -62,14 +63,14 @@ def _repeated(samples: Iterator[dict], repeats: dict[int, float], rng: random.Ra
 def _shard_drawer(sources: list[Source]):
     """rng -> url. A source is drawn with probability weight / mean shard size (when sizes
     are known) so that weights are sample fractions; a shard within it by its size."""
-    live = [s for s in sources if s.weight > 0 and s.urls]
+    live = [s for s in sources if s.share > 0 and s.urls]
     if not live:
         raise UserError("no source has shards and a positive weight")
     src_weights, shard_cum = [], []
     for s in live:
         counts = s.counts if s.counts is not None else [1] * len(s.urls)
         mean = max(sum(counts) / len(counts), 1e-9) if s.counts is not None else 1.0
-        src_weights.append(s.weight / mean)
+        src_weights.append(s.share / mean)
         shard_cum.append(list(itertools.accumulate(max(c, 0) for c in counts)))
     src_cum = list(itertools.accumulate(src_weights))
 
@@ -95,48 +96,16 @@ def _drawn_shards(draw, rng: random.Random, errors: ErrorLog, max_empty: int = 5
             raise RunError(f"{max_empty} shards in a row gave no sample (last: {url}); first errors: {errors.messages}")
 
 
-def exact_lanes(world_size: int, num_workers: int, lanes: int | None) -> int:
-    """The number of lanes: `lanes`, or one per (rank, worker) slot when not fixed."""
-    slots = world_size * num_workers
-    lanes = lanes or slots
-    if lanes % slots:
-        raise UserError(f"{lanes} lanes cannot be split over {world_size} rank(s) x {num_workers} worker(s); "
-                        f"choose a multiple of {slots}")
-    return lanes
-
-
-def lane_ids(rank: int, worker: int, world_size: int, num_workers: int, lanes: int) -> list[int]:
-    """The lanes this (rank, worker) reads, in batch order. Worker w of every rank makes global
-    batches w, w + W, ...; their lanes are group w (lanes / W of them), cut into one block per
-    rank, so the ranks' batches side by side are the global batch whatever the world size."""
-    group = lanes // num_workers
-    per_rank = group // world_size
-    return [worker * group + rank * per_rank + j for j in range(per_rank)]
-
-
-def exact_plan(sources: list[Source], lanes: int, chunk: int) -> tuple[int, int]:
-    """(total samples, chunks of `chunk` samples per lane): equal for every lane."""
-    missing = [s.name for s in sources if s.counts is None]
-    if missing:
-        raise UserError(f"exact mode needs per-shard sample counts; source(s) {missing} are URL patterns "
-                        "without a manifest: point them at the shard folder written by face-shards")
-    total = sum(s.samples for s in sources)
-    per_lane = -(-total // lanes)
-    return total, -(-per_lane // chunk)
-
-
-def lane_samples(sources: list[Source], *, seed: int, lane: int, lanes: int, epoch: int, start: int,
+def lane_samples(material: list[tuple[str, int]], *, seed: int, lane: int, lanes: int, epoch: int, start: int,
                  shuffle: bool, shuffle_buffer: int, exclude: frozenset[str], errors: ErrorLog,
                  keep: frozenset[int] | None = None) -> Iterator[dict]:
-    """This lane's contiguous share of the split (placeholders where samples are missing).
-    With `keep`, the split is the samples of those class codes (the sources' counts must be
-    the per-class ones, see sources.class_subset)."""
-    shards = [(u, c) for s in sources for u, c in zip(s.urls, s.counts)]
-    if shuffle:
-        random.Random(derive_seed(seed, "exact-order", epoch)).shuffle(shards)
-    total = sum(c for _, c in shards)
+    """Lane `lane` of `lanes`: its contiguous share of the epoch's material (`exact.epoch_material`:
+    (url, samples) spans), placeholders where samples are missing or excluded, through its own
+    shuffle buffer, from its `start`-th sample on (the ones before are read, not decoded). With
+    `keep`, a span counts the samples of those class codes only (see sources.class_subset)."""
+    total = sum(c for _, c in material)
     lo, hi = lane * total // lanes, (lane + 1) * total // lanes
-    raw = _read_range(shards, lo, hi, errors, keep)
+    raw = _read_range(material, lo, hi, errors, keep)
     if exclude:
         raw = (placeholder("excluded") if s["__key__"] in exclude else s for s in raw)
     if shuffle:
@@ -146,16 +115,19 @@ def lane_samples(sources: list[Source], *, seed: int, lane: int, lanes: int, epo
 
 def _read_range(shards: list[tuple[str, int]], lo: int, hi: int, errors: ErrorLog,
                 keep: frozenset[int] | None = None) -> Iterator[dict]:
-    """Samples lo..hi-1 of the concatenated shards; skipped ones are read but not decoded."""
+    """Samples lo..hi-1 of the concatenated (url, samples) spans, each span the first `samples`
+    of its shard; skipped ones are read but not decoded."""
     offset = 0
     for url, count in shards:
         if offset + count > lo and offset < hi:
             first, last = max(lo - offset, 0), min(hi - offset, count)
             got = 0
-            samples = read_shard(url, errors)
-            if keep is not None:
-                samples = (s for s in samples if class_code(s) in keep)
-            for sample in itertools.islice(samples, first, last):
+            if keep is None:  # a lane starting inside the shard seeks to its first sample
+                samples = itertools.islice(read_shard(url, errors, skip=first), last - first)
+            else:
+                kept = (s for s in read_shard(url, errors) if class_code(s) in keep)
+                samples = itertools.islice(kept, first, last)
+            for sample in samples:
                 got += 1
                 yield sample
             for _ in range(last - first - got):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 import fsspec
 from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 PLACEHOLDER = "__placeholder__"
 
@@ -51,21 +52,59 @@ def open_url(url: str):
     return fsspec.open(url, "rb").open()
 
 
-def read_shard(url: str, errors: ErrorLog) -> Iterator[dict]:
-    """The samples of one shard, as dicts of raw bytes; a truncated tar ends early, counted, and
-    so does an empty one (a zero-byte file, or a tar without members)."""
+def read_shard(url: str, errors: ErrorLog, skip: int = 0) -> Iterator[dict]:
+    """The samples of one shard from its `skip`-th on, as dicts of raw bytes; a truncated tar ends
+    early, counted, and so does an empty one (a zero-byte file, or a tar without members). In a
+    local file the skipped samples are passed over by their tar headers (a seek), elsewhere read."""
+    offset = _sample_offset(url, skip) if skip else 0
+
     def opened():
         try:
-            yield {"url": url, "stream": open_url(url)}
+            stream = open_url(url)
+            if offset:
+                stream.seek(offset)
+            yield {"url": url, "stream": stream}
         except Exception as exn:  # noqa: BLE001 - a missing or unreachable shard is counted and skipped
             errors.add(f"cannot open {url}: {type(exn).__name__}: {exn}")
 
     before, n = errors.count, 0
     files = tar_file_expander(opened(), handler=errors.handler)
-    for n, sample in enumerate(group_by_keys(files, handler=errors.handler), 1):
+    samples = group_by_keys(files, handler=errors.handler)
+    if skip and not offset:
+        samples = itertools.islice(samples, skip, None)
+    for n, sample in enumerate(samples, 1):
         yield sample
-    if n == 0 and errors.count == before:  # a valid tar with nothing in it raises nothing
+    if n == 0 and errors.count == before and not skip:  # a valid tar with nothing in it raises nothing
         errors.add(f"{url}: empty shard (no samples)")
+
+
+def _sample_offset(url: str, skip: int) -> int:
+    """Where the `skip`-th sample's first member starts in a local tar, found from the 512-byte
+    member headers alone; 0 (read and skip instead) for other URLs, a tar that ends first, or
+    headers this scan does not follow (GNU long names, pax)."""
+    scheme = urlparse(url).scheme
+    if scheme not in ("", "file") and len(scheme) != 1:
+        return 0
+    path = url[len("file://"):] if scheme == "file" else url
+    try:
+        with open(path, "rb") as f:
+            position, count, last = 0, 0, None
+            while True:
+                f.seek(position)
+                header = f.read(512)
+                if len(header) < 512 or not header.strip(b"\0") or header[156:157] in (b"L", b"K", b"x", b"g"):
+                    return 0
+                name = header[:100].split(b"\0", 1)[0].decode()
+                prefix = header[345:500].split(b"\0", 1)[0].decode()
+                key, _ = base_plus_ext(f"{prefix}/{name}" if prefix else name)
+                if header[156:157] in (b"0", b"\0") and key is not None and key != last:
+                    if count == skip:
+                        return position
+                    count, last = count + 1, key
+                size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+                position += 512 + -(-size // 512) * 512
+    except (OSError, ValueError, UnicodeDecodeError):
+        return 0
 
 
 def shuffled(samples: Iterable, bufsize: int, rng: random.Random) -> Iterator:

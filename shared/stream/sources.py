@@ -27,12 +27,17 @@ class Source:
     name: str
     urls: list[str]
     counts: list[int] | None = None  # samples per shard, when a manifest says
-    weight: float = 1.0
+    weight: float | None = None  # None: not given (1 in the resampled mixture; exact mode: natural share)
     classes: list[dict[int, int]] | None = None  # samples per class code per shard, when a manifest says
 
     @property
     def samples(self) -> int | None:
         return sum(self.counts) if self.counts is not None else None
+
+    @property
+    def share(self) -> float:
+        """The weight, 1 when none was given."""
+        return 1.0 if self.weight is None else self.weight
 
 
 def parse_weights(spec: str | dict[str, float] | None) -> dict[str, float]:
@@ -89,13 +94,13 @@ def resolve(name: str, spec: Any, splits: list[str] | None = None, pretraining: 
 
     With `pretraining`, held-out splits are refused, and a folder's default splits are the
     ones that are not held out; otherwise all splits are the default. An explicit `weight`
-    wins over one in the spec; the default is 1.
+    wins over one in the spec; without either the weight stays None (see Source.share).
     """
     if isinstance(spec, dict):
         splits = spec.get("splits", splits)
-        weight = spec.get("weight", 1.0) if weight is None else weight
+        weight = spec.get("weight") if weight is None else weight
         spec = spec.get("urls", spec.get("path"))
-    weight = 1.0 if weight is None else float(weight)
+    weight = None if weight is None else float(weight)
     if isinstance(spec, str) and _missing_path(spec):  # a typo: say so now, not as 50 unreadable shards later
         raise UserError(f"source {name}: {spec} does not exist; expected a shard folder written by face-shards "
                         "(with manifest.json), a .tar file or a URL pattern")
@@ -112,7 +117,8 @@ def resolve(name: str, spec: Any, splits: list[str] | None = None, pretraining: 
     return Source(name, urls, None, weight)
 
 
-def _from_manifest(name: str, location: str, splits: list[str] | None, pretraining: bool, weight: float) -> Source:
+def _from_manifest(name: str, location: str, splits: list[str] | None, pretraining: bool,
+                   weight: float | None) -> Source:
     manifest = mf.load(location)
     available = manifest["splits"]
     if splits is None:
@@ -146,7 +152,7 @@ def build_sources(specs: dict[str, Any], weights: str | dict[str, float] | None 
     if unknown:
         raise UserError(f"weights name unknown source(s) {unknown}; sources are {sorted(specs)}")
     sources = [resolve(n, s, splits, pretraining, parsed.get(n)) for n, s in specs.items()]
-    if not any(s.weight > 0 for s in sources):
+    if not any(s.share > 0 for s in sources):
         raise UserError("every source has weight 0")
     return sources
 

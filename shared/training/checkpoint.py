@@ -7,7 +7,9 @@ step and stream position: positions differ per rank), the resolved `config.yaml`
 process has finished, so a kill during the write leaves the previous state intact and `latest()`
 never sees a partial one. A write that fails (no space left, a file-size limit) fails on every
 process together: the partial folder is removed to free its space, the older states are kept,
-and a RunError says which one `--resume auto` will continue from.
+and a RunError says which one `--resume auto` will continue from. A state resumes on another
+number of processes when the data can take every process's saved position (exact streams) and
+the model and optimizer states are whole (not FSDP shards); see `Checkpointer.restore`.
 """
 from __future__ import annotations
 
@@ -102,11 +104,8 @@ class Checkpointer:
         return path
 
     def load(self, path: Path) -> dict[str, Any]:
-        """Restore model, optimizer and RNG; returns this rank's saved step and stream state."""
-        meta = json.loads((path / META).read_text())
-        if meta["world_size"] != self.acc.num_processes:
-            raise UserError(f"{path} was saved by {meta['world_size']} processes, this run has "
-                            f"{self.acc.num_processes}; resume with the same number of processes")
+        """Restore model, optimizer and RNG; returns this rank's saved step and stream state
+        (rank 0's when the state was saved by fewer processes)."""
         try:
             self.acc.load_state(str(path))
         except UserError:
@@ -116,11 +115,16 @@ class Checkpointer:
                 raise UserError(self._mismatch(path, str(err))) from err
             raise RunError(f"cannot load the training state {path} ({one_line(err)}); move it out of "
                            f"{self.dir} to resume from the previous one") from err
-        return json.loads((path / f"rank_{self.acc.process_index}.json").read_text())
+        own = path / f"rank_{self.acc.process_index}.json"
+        return json.loads((own if own.is_file() else path / "rank_0.json").read_text())
 
     def restore(self, resume: str | None, data) -> tuple[int, Path | None]:
         """Resume a run: model, optimizer, RNG and `data`'s position from the state `resume`
-        names ("auto": the newest, if any). Returns (step to start from, state used)."""
+        names ("auto": the newest, if any). Returns (step to start from, state used).
+
+        A state saved by another number of processes resumes when `data` can take the
+        positions every process saved (`data.load_saved_states`: exact streams) and the
+        model and optimizer states are whole (DDP, not FSDP shards); else one UserError."""
         if self.acc.is_main_process:
             self._remove_partials()
         path = self.resolve(resume)
@@ -128,10 +132,29 @@ class Checkpointer:
             if resume == "auto":
                 log.info("no training state in %s yet: starting from step 0", self.dir)
             return 0, None
+        saved = json.loads((path / META).read_text())["world_size"]
+        if saved != self.acc.num_processes:
+            self._check_reshapable(path, saved, data)
         rank_state = self.load(path)
-        data.load_state_dict(rank_state["stream"])
+        if saved == self.acc.num_processes:
+            data.load_state_dict(rank_state["stream"])
+        else:  # the other ranks' RNG files do not matter: randomness is drawn per sample
+            data.load_saved_states([json.loads((path / f"rank_{r}.json").read_text())["stream"]
+                                    for r in range(saved)])
         log.info("resumed from %s at step %d", path, rank_state["step"])
         return rank_state["step"], path
+
+    def _check_reshapable(self, path: Path, saved: int, data) -> None:
+        here = self.acc.num_processes
+        shards = sorted(p.name for p in path.glob("*fsdp*") if p.is_dir() or "_rank" in p.name)
+        if shards:
+            raise UserError(f"{path} holds FSDP states sharded over {saved} processes ({_few(shards, 2)}), this run "
+                            f"has {here}; resume on {saved} processes (or save whole states: fsdp_state_dict_type "
+                            "FULL_STATE_DICT)")
+        if not hasattr(data, "load_saved_states"):
+            raise UserError(f"{path} was saved by {saved} processes, this run has {here}; resume with the same number "
+                            f"of processes (only exact streams resume on another number; this run's data is "
+                            f"{type(data).__name__})")
 
     def _mismatch(self, path: Path, torch_message: str) -> str:
         """Why a state does not fit the model, on one line: every missing, unexpected and
