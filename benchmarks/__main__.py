@@ -45,6 +45,7 @@ SUITE = (
     Benchmark("exact_stream", "exact_stream.py"),
     Benchmark("mae_step_cpu", "mae_step.py", ("--device", "cpu")),
     Benchmark("mae_step_gpu", "mae_step.py", ("--device", "cuda")),
+    Benchmark("mae_step_fast", "mae_step.py", ("--device", "cuda", "--fast")),
     Benchmark("gpu_input", "gpu_input.py"),
     Benchmark("eri_epoch", "eri_epoch.py"),
     Benchmark("extract_speed", "extract_speed.py"),
@@ -52,6 +53,7 @@ SUITE = (
 ON_REQUEST = (
     Benchmark("profile_step", "profile_step.py", quick=("--model", "mae_vit_tiny_patch16")),
     Benchmark("profile_eri_epoch", "profile_eri_epoch.py", quick=("--videos", "32")),
+    Benchmark("mae_levers", "mae_levers.py"),
 )
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from common import header, not_measured, result, verdict
+from common import header, not_measured, parse_device_args, result, verdict
 from face_data import make_shards
 from hardware import machine
 from pretrain_mae.config import DataSection
@@ -127,16 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--outputs", default="jpeg,decoded,pixels", help="stream outputs to time, comma-separated")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (both sides)")
     p.add_argument("--sync-every-step", action="store_true", help="one loss.item() per step (both sides)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--workdir", type=Path, help="keep the shards here (default: a temporary folder)")
-    p.add_argument("--quick", action="store_true", help=f"a short smoke run: {QUICK}")
-    args = p.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "none"
-    if args.quick and args.device != "none":
-        for key, value in QUICK[args.device].items():
-            if getattr(args, key) == p.get_default(key):
-                setattr(args, key, value)
+    args = parse_device_args(p, argv, QUICK)
     args.outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     if not args.outputs or set(args.outputs) - {"jpeg", "decoded", "pixels"}:
         p.error("--outputs takes jpeg, decoded, pixels")

@@ -16,6 +16,9 @@ class ModelSection:
     mask_ratio: float = 0.75
     init: str | None = None  # start from: an official MAE / MAE-Face .pth, a .safetensors, a timm folder or name
     grad_checkpointing: bool = False
+    # timm's LayerNorm in the autocast dtype: one kernel instead of a float32 norm + a cast (a speed
+    # switch for bf16 runs; the statistics then see bf16-rounded inputs). No effect in float32.
+    fast_norm: bool = False
 
 
 @dataclass

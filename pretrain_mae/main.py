@@ -86,6 +86,7 @@ def main(argv=None) -> int:
         log.info("initialised from %s: %s", cfg.model.init, report.summary())
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    model.set_fast_norm(cfg.model.fast_norm)
     image_size = model.patch_embed.img_size[0]
     num_patches = model.patch_embed.num_patches
 
