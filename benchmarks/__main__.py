@@ -46,7 +46,8 @@ SUITE = (
     Benchmark("mae_step_cpu", "mae_step.py", ("--device", "cpu")),
     Benchmark("mae_step_gpu", "mae_step.py", ("--device", "cuda")),
     Benchmark("mae_step_fast", "mae_step.py", ("--device", "cuda", "--fast")),
-    Benchmark("gpu_input", "gpu_input.py"),
+    Benchmark("gpu_input", "gpu_input.py", ("--fast",)),
+    Benchmark("gpu_input_photo", "gpu_input.py", ("--fast", "--kind", "photo")),
     Benchmark("eri_epoch", "eri_epoch.py"),
     Benchmark("extract_speed", "extract_speed.py"),
 )

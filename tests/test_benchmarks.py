@@ -74,8 +74,8 @@ def test_every_benchmark_is_listed_with_its_command():
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
     assert names == ["input_pipeline", "exact_stream", "mae_step_cpu", "mae_step_gpu", "mae_step_fast", "gpu_input",
-                     "eri_epoch", "extract_speed", "profile_step", "profile_eri_epoch", "mae_levers"]
-    assert all("--quick" in line for line in proc.stdout.splitlines()[:8])
+                     "gpu_input_photo", "eri_epoch", "extract_speed", "profile_step", "profile_eri_epoch", "mae_levers"]
+    assert all("--quick" in line for line in proc.stdout.splitlines()[:9])
 
 
 @pytest.mark.parametrize("name", ["mae_vit_test", "mae_vit_tiny_patch16"])
@@ -152,3 +152,16 @@ def test_mae_step_levers_run_on_cpu_and_the_fast_rows_carry_the_issue_targets(ca
     fast = mae_step.rows(SimpleNamespace(fast=True), "cuda")
     assert fast["ratio"] == ("mae_step fast (GPU)", "≥ 1.5x", 1.5)
     assert fast["rate"] == ("mae_step fast (GPU) img/s", "≥ 7,000 img/s", 7000.0)
+
+
+def test_the_eri_epoch_device_cache_holds_videos_of_the_real_shapes():
+    import eri_epoch
+    loader = eri_epoch.cache_loader(20, torch.device("cpu"))
+    batches = list(loader)
+    assert len(batches) == 2 and all(len(b["file_id"]) == 16 for b in batches)  # 20 videos: the last batch padded
+    batch = batches[0]
+    assert batch["visual"].shape == (16, 32, 768) and batch["visual"].dtype == torch.float32
+    lengths = {m: batch[f"{m}_mask"].sum(1) for m in ("audio", "text")}
+    assert 300 <= lengths["audio"].min() and lengths["audio"].max() <= 800
+    assert batch["audio"].shape[1] == lengths["audio"].max() and batch["text"].shape[2] == 1024
+    assert 1 <= lengths["text"].min() and lengths["text"].max() <= 64
