@@ -22,12 +22,18 @@ INFO row per variant for the suite. Without CUDA: NOT MEASURED, unless `--device
 of the code path on the tiny model in CPU bf16 autocast, compile with aot_eager; its ratios mean
 nothing).
 
+`--decoder-input` times only what the scatter replaces: the decoder input (cat + gather + cat +
+add, or one scatter), forward and backward, at the model's sizes (the figure that does not
+drown in the rest of the step on a noisy machine).
+
     python benchmarks/mae_levers.py [--variants LIST] [--model mae_vit_base_patch16] [--batch-size 256]
-                                    [--steps 30] [--warmup 5] [--device auto|cuda|cpu] [--quick]
+                                    [--steps 30] [--warmup 5] [--decoder-input] [--device auto|cuda|cpu]
+                                    [--quick]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from dataclasses import replace
 
@@ -91,6 +97,38 @@ def measure(name: str, args, device: torch.device) -> dict:
     return {"name": name, "levers": levers.describe(), "batch": batch, "rate": rate, "peak": peak, "warm": warm}
 
 
+def decoder_input(args, device: torch.device) -> None:
+    """Forward + backward of the decoder input alone, the reference's against the scatter."""
+    torch.manual_seed(args.seed)
+    model = build_mae(args.model).to(device)
+    n, length = args.batch_size, model.patch_embed.num_patches
+    kept = int(length * 0.25)
+    latent = torch.randn(n, 1 + kept, model.decoder_embed.out_features, device=device, requires_grad=True)
+    ids_restore = torch.argsort(torch.argsort(torch.rand(n, length, device=device), 1), 1)
+    ways = {"reference (cat + gather + cat + add)": model._decoder_input_gather, "scatter": model._decoder_input_scatter}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for repeat in range(args.warmup + args.steps):  # interleaved: drift hits both alike
+        for name, way in ways.items():
+            sync(device)
+            start = time.perf_counter()
+            out = way(latent, ids_restore)
+            out.backward(torch.ones_like(out))
+            sync(device)
+            if repeat >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    header(machine())
+    print(f"decoder input: {args.model}, (N, 1+L, Dd) = {tuple(out.shape)}, float32, forward + backward, "
+          f"{args.steps} interleaved repeats, median")
+    for name, values in times.items():
+        print(f"  {name:40s} {1000 * statistics.median(values):8.3f} ms")
+    ratios = [a / b for a, b in zip(*times.values())]
+    ratio = statistics.median(ratios)
+    print(f"  reference / scatter: {ratio:.2f}x (per repeat {min(ratios):.2f}..{max(ratios):.2f})")
+    result("mae_levers: decoder input", f"forward + backward of the decoder input, reference / scatter ({args.model}, "
+           f"batch {n}, {device.type})", f"{1000 * statistics.median(times['scatter']):.2f} ms vs "
+           f"{1000 * statistics.median(times[next(iter(ways))]):.2f} ms", ratio=ratio)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", help=f"comma-separated, from {', '.join(VARIANTS)} (default: {DEFAULT}; "
@@ -100,6 +138,7 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=30, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, graph capture)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoder-input", action="store_true", help="time only the decoder input, reference vs scatter")
     args = parse_device_args(p, argv, QUICK)
     names = [n.strip() for n in (args.variants or (DEFAULT if args.device == "cuda" else CPU_SMOKE)).split(",")]
     unknown = [n for n in names if n not in VARIANTS]
@@ -118,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         not_measured("mae_levers", "MAE step img/s per speed lever vs the eager reference step", None, "no CUDA device")
         return 0
     device = torch.device(args.device)
+    if args.decoder_input:
+        decoder_input(args, device)
+        return 0
     runs = [measure(name, args, device) for name in args.variants]
     runs.append({**measure("reference", args, device), "name": "reference (again: drift check)"})
     header(machine())
