@@ -73,8 +73,8 @@ def test_every_benchmark_is_listed_with_its_command():
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
     assert names == ["input_pipeline", "exact_stream", "mae_step_cpu", "mae_step_gpu", "gpu_input", "eri_epoch",
-                     "extract_speed", "profile_step", "profile_eri_epoch"]
-    assert all("--quick" in line for line in proc.stdout.splitlines()[:7])
+                     "extract_speed", "fsdp_step", "profile_step", "profile_eri_epoch"]
+    assert all("--quick" in line for line in proc.stdout.splitlines()[:8])
 
 
 @pytest.mark.parametrize("name", ["mae_vit_test", "mae_vit_tiny_patch16"])
