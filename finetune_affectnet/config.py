@@ -67,3 +67,11 @@ class FinetuneConfig:
     epochs: float | None = None  # length in passes over the training split; else run.total_steps
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/finetune_affectnet", total_steps=20000))
     eval: EvalSection = field(default_factory=EvalSection)
+
+
+# Settings that decide which samples each step reads: a resumed state must have been saved with
+# the same values (shared.training.checkpoint refuses another one, naming the key). Paths are
+# not compared (the same data may move); the world size and workers are checked by the state
+# and the stream position themselves.
+RESUME_KEYS = ("data.train_split", "data.classes", "data.label_map", "data.balance", "data.batch_size",
+               "data.shuffle_buffer", "data.lanes", "optim.grad_accum", "run.seed")

@@ -57,3 +57,11 @@ class PretrainConfig:
     total_samples: int | None = None  # when set, total_steps = ceil(total_samples / samples per step)
     stop_after: int | None = None  # end this invocation after N steps (state saved); resume continues
     figures: FigureSection = field(default_factory=FigureSection)
+
+
+# Settings that decide which samples each step reads: a resumed state must have been saved with
+# the same values (shared.training.checkpoint refuses another one, naming the key). Paths are
+# not compared (the same data may move); the world size and workers are checked by the state
+# and the stream position themselves.
+RESUME_KEYS = ("data.weights", "data.exclude", "data.synthetic", "data.batch_size", "data.batches_per_epoch",
+               "data.shuffle_buffer", "data.block_size", "optim.grad_accum", "run.seed")
