@@ -89,6 +89,16 @@ def test_celeba_lists_hume_tables_transcripts_and_exclusions_read_alike(tmp_path
     resave(hume.root / "data_info.csv")
     assert [(e.file_id, e.split, e.labels) for e in load_dataset(hume.root)] == expected
 
+    # a row listed twice: dropped with a warning when identical, one clear line when not
+    table = hume.root / "data_info.csv"
+    lines = table.read_text(encoding="utf-8-sig").splitlines()
+    table.write_text("\n".join(lines + [lines[1]]) + "\n")
+    assert [(e.file_id, e.split, e.labels) for e in load_dataset(hume.root)] == expected
+    table.write_text("\n".join(lines + [lines[1].rsplit(",", 1)[0] + ",Peru"]) + "\n")
+    with pytest.raises(UserError, match=rf"data_info.csv line {len(lines) + 1}: File_ID \d+ is listed again with "
+                                        r"other values \(first at line 2\)"):
+        load_dataset(hume.root)
+
     store = FeatureStore(tmp_path / "store")
     store.root.mkdir()
     store.write_transcripts({"00012": "well, that was sad", "00013": ""})
