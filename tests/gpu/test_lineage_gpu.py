@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gpu_utils import COMPILE_BACKEND, DEVICE, DRY_RUN, launch, metrics, record, requires_gpu
+from .gpu_utils import COMPILE_BACKEND, DEVICE, DRY_RUN, launch, metrics, record, requires_gpu
 
 pytestmark = requires_gpu
 
