@@ -50,6 +50,7 @@ SUITE = (
     Benchmark("gpu_input_photo", "gpu_input.py", ("--fast", "--kind", "photo")),
     Benchmark("eri_epoch", "eri_epoch.py"),
     Benchmark("extract_speed", "extract_speed.py"),
+    Benchmark("fsdp_step", "fsdp_step.py"),
 )
 ON_REQUEST = (
     Benchmark("profile_step", "profile_step.py", quick=("--model", "mae_vit_tiny_patch16")),

@@ -6,8 +6,10 @@ The paper's audio branch reads HuBERT's last hidden layer (768-d, 50 frames per 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+import struct
 from pathlib import Path
 
 import av
@@ -19,6 +21,7 @@ from scipy.signal import resample_poly
 from eri_downstream.store import fingerprint_files
 from shared.errors import UserError
 
+log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -29,26 +32,58 @@ class AudioError(UserError):
 
 
 # -- loading ---------------------------------------------------------------------------------
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, damage: list[str] | None = None) -> np.ndarray:
     """float32 (N,) mono at `sample_rate`; channels are averaged, other rates resampled.
 
     WAV/FLAC go through soundfile (exact, fast); anything else (the .mp4 audio track) through
-    PyAV, which bundles FFmpeg, so no system ffmpeg is needed.
+    PyAV, which bundles FFmpeg, so no system ffmpeg is needed. A file damaged part-way (cut
+    short, corrupt) gives the audio that decodes, and a note on what is missing is appended
+    to `damage` (logged when no list is given); only a file of which nothing decodes is an
+    AudioError.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
+    notes: list[str] = []
     if path.suffix.lower() in SOUNDFILE_SUFFIXES:
-        return _load_soundfile(path, sample_rate)
-    return _load_pyav(path, sample_rate)
+        wave = _load_soundfile(path, sample_rate, notes)
+    else:
+        wave = _load_pyav(path, sample_rate, notes)
+    if damage is not None:
+        damage += notes
+    for note in notes if damage is None else ():
+        log.warning("%s: %s", path, note)
+    return wave
 
 
-def _load_soundfile(path: Path, sample_rate: int) -> np.ndarray:
+def _load_soundfile(path: Path, sample_rate: int, damage: list[str]) -> np.ndarray:
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (N, C)
     except soundfile.SoundFileError as err:
         raise AudioError(f"{path}: cannot read audio ({err})") from err
+    declared = _wav_declared_frames(path) if path.suffix.lower() == ".wav" else None
+    if declared is not None and len(data) < declared:  # libsndfile reads a cut WAV without a word
+        damage.append(f"the WAV holds {len(data)} of the {declared} frames its header declares (cut short); "
+                      f"kept the {len(data)}")
     return _resample(data.mean(axis=1), rate, sample_rate)
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames the RIFF header's `data` chunk declares (None when unknown: streamed, RF64, odd)."""
+    with open(path, "rb") as f:
+        if f.read(12)[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while len(head := f.read(8)) == 8:
+            chunk, size = head[:4], struct.unpack("<I", head[4:])[0]
+            if chunk == b"fmt ":
+                block_align = struct.unpack("<12xH", f.read(14))[0]
+                f.seek(size - 14 + size % 2, 1)
+            elif chunk == b"data":
+                return size // block_align if block_align and 0 < size < 0xFFFFFFFF else None
+            else:
+                f.seek(size + size % 2, 1)
+    return None
 
 
 def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -59,7 +94,7 @@ def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     return resample_poly(wave, target // g, rate // g).astype(np.float32)
 
 
-def _load_pyav(path: Path, sample_rate: int) -> np.ndarray:
+def _load_pyav(path: Path, sample_rate: int, damage: list[str]) -> np.ndarray:
     """Decode the first audio stream; resample to planar float at `sample_rate`, keeping the
     channels so that the downmix is a plain average (FFmpeg's own mono mix weights channels)."""
     try:
@@ -69,8 +104,14 @@ def _load_pyav(path: Path, sample_rate: int) -> np.ndarray:
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="fltp", rate=sample_rate)
             pieces = []  # each (C, n)
-            for frame in container.decode(stream):
-                pieces += [out.to_ndarray() for out in resampler.resample(frame)]
+            try:
+                for frame in container.decode(stream):
+                    pieces += [out.to_ndarray() for out in resampler.resample(frame)]
+            except av.error.FFmpegError as err:  # damaged part-way: keep what decoded
+                if not pieces:
+                    raise
+                seconds = sum(p.shape[1] for p in pieces) / sample_rate
+                damage.append(f"audio decoding stopped after {seconds:.2f} s ({err}); kept those")
             pieces += [out.to_ndarray() for out in resampler.resample(None)]  # flush
     except av.error.FFmpegError as err:
         raise AudioError(f"{path}: cannot decode audio ({err})") from err

@@ -45,3 +45,10 @@ class ERIConfig:
     # finished fold again and writes the CV table and the ensembled submission
     fold: int | None = None
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/eri", total_steps=0, log_every=20))
+
+
+# Settings that decide which samples each step reads: a resumed state must have been saved with
+# the same values (shared.training.checkpoint refuses another one, naming the key). Paths are
+# not compared (the same data may move); the world size and workers are checked by the state
+# and the stream position themselves.
+RESUME_KEYS = ("data.batch_size", "folds", "run.seed")  # not `fold`: each fold has its own folder

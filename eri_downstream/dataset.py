@@ -14,12 +14,15 @@ Ids are always read as strings: a CSV reader that guesses types turns "[00123]" 
 from __future__ import annotations
 
 import csv
+import logging
 import math
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import UserError
+from shared.tables import csv_records
+
+log = logging.getLogger(__name__)
 
 EMOTIONS = ["Adoration", "Amusement", "Anxiety", "Disgust", "Empathic-Pain", "Fear", "Surprise"]
 SPLITS = ("train", "val", "test")
@@ -54,26 +57,11 @@ Row = tuple[int, dict[str, str]]  # (line number in the file, cells by column)
 
 
 def _read_csv(path: Path, required: list[str]) -> list[Row]:
-    """All rows of a CSV as strings, or one UserError naming the file and what is wrong."""
+    """All rows of a CSV as strings (BOM, CRLF, spaces: shared.tables), or one UserError naming
+    the file and what is wrong."""
     if not path.is_file():
         raise UserError(f"{path} not found; expected a CSV with columns {', '.join(required)}")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, restval=None)
-            header = [name.strip() for name in reader.fieldnames or []]
-            missing = [name for name in required if name not in header]
-            if missing:
-                raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected "
-                                f"columns {', '.join(required)}")
-            reader.fieldnames = header
-            rows = [(reader.line_num, row) for row in reader]
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not a readable CSV file ({err})") from None
-    for line, row in rows:
-        if None in row or None in row.values():
-            raise UserError(f"{path} line {line}: {len(header)} fields expected "
-                            f"(columns {', '.join(header)})")
-    return rows
+    return csv_records(path, required)
 
 
 def _file_id(raw: str, path: Path, line: int) -> str:
@@ -110,10 +98,26 @@ def _labels(row: dict[str, str], path: Path, line: int) -> list[float] | None:
     return values
 
 
-def _no_duplicates(ids: list[str], path: Path) -> None:
-    repeated = [file_id for file_id, count in Counter(ids).items() if count > 1]
+def _drop_repeats(rows: list, key, path: Path) -> list:
+    """One row per File_ID: a row listed again with the same content is dropped, and said once
+    in the log; a File_ID listed with other content is a UserError (which one is right is not
+    ours to guess). `key(row)` is the File_ID; rows compare whole, without line numbers."""
+    first: dict[str, tuple] = {}
+    kept, repeated = [], []
+    for row in rows:
+        line, content = row[0], row[1:]
+        if key(row) not in first:
+            first[key(row)] = (line, content)
+            kept.append(row)
+        elif first[key(row)][1] == content:
+            repeated.append(f"{key(row)} (line {line} repeats line {first[key(row)][0]})")
+        else:
+            raise UserError(f"{path} line {line}: File_ID {key(row)} is listed again with other values "
+                            f"(first at line {first[key(row)][0]}); keep one of the two rows")
     if repeated:
-        raise UserError(f"{path}: File_ID {repeated[0]} is listed more than once")
+        log.warning("%s: %d duplicate row(s) dropped: %s", path, len(repeated), ", ".join(repeated[:5])
+                    + (" ..." if len(repeated) > 5 else ""))
+    return kept
 
 
 class _MediaFinder:
@@ -138,27 +142,23 @@ class _MediaFinder:
 
 def _load_abaw5(root: Path) -> list[VideoEntry]:
     path = root / ABAW5_TABLE
-    rows = _read_csv(path, ["File_ID", "Split", *EMOTIONS, "Age", "Country"])
+    rows = [(line, _file_id(row["File_ID"], path, line), _split(row["Split"], path, line),
+             _labels(row, path, line), row["Age"], row["Country"])
+            for line, row in _read_csv(path, ["File_ID", "Split", *EMOTIONS, "Age", "Country"])]
     media = _MediaFinder(root)
-    entries = []
-    for line, row in rows:
-        file_id, split = _file_id(row["File_ID"], path, line), _split(row["Split"], path, line)
-        entries.append(VideoEntry(file_id, split, _labels(row, path, line), row["Age"].strip(),
-                                  row["Country"].strip(), media.find(split, file_id, "mp4"),
-                                  media.find(split, file_id, "wav")))
-    _no_duplicates([e.file_id for e in entries], path)
-    return entries
+    return [VideoEntry(file_id, split, labels, age, country, media.find(split, file_id, "mp4"),
+                       media.find(split, file_id, "wav"))
+            for _, file_id, split, labels, age, country in _drop_repeats(rows, lambda r: r[1], path)]
 
 
 def _load_muse(root: Path) -> list[VideoEntry]:
     labels_path, partition_path = root / MUSE_LABELS, root / MUSE_PARTITION
-    labels = {}
-    for line, row in _read_csv(labels_path, ["File_ID", *EMOTIONS]):
-        labels[_file_id(row["File_ID"], labels_path, line)] = _labels(row, labels_path, line)
-    partition = [(_file_id(row["File_ID"], partition_path, line),
-                  _split(row["Split"], partition_path, line))
+    labelled = [(line, _file_id(row["File_ID"], labels_path, line), _labels(row, labels_path, line))
+                for line, row in _read_csv(labels_path, ["File_ID", *EMOTIONS])]
+    labels = {file_id: values for _, file_id, values in _drop_repeats(labelled, lambda r: r[1], labels_path)}
+    partition = [(line, _file_id(row["File_ID"], partition_path, line), _split(row["Split"], partition_path, line))
                  for line, row in _read_csv(partition_path, ["File_ID", "Split"])]
-    _no_duplicates([file_id for file_id, _ in partition], partition_path)
+    partition = [(file_id, split) for _, file_id, split in _drop_repeats(partition, lambda r: r[1], partition_path)]
     unknown = sorted(set(labels) - {file_id for file_id, _ in partition})
     if unknown:
         raise UserError(f"{labels_path} lists {len(unknown)} id(s) absent from "
@@ -178,6 +178,19 @@ def load_dataset(root: Path | str) -> list[VideoEntry]:
         return _load_muse(root)
     raise UserError(f"{root} holds neither {ABAW5_TABLE} (ABAW5) nor {MUSE_LABELS} + "
                     f"{MUSE_PARTITION} (MuSe 2022); point to the Hume-Reaction folder")
+
+
+def splits_of(entries: list[VideoEntry], path: Path | str, need: tuple[str, ...] = ("train", "val")
+              ) -> dict[str, list[VideoEntry]]:
+    """The entries of each split; a UserError naming the table when a split in `need` has no
+    labelled video (training needs train and val: a table written for other splits only)."""
+    by_split = {s: [e for e in entries if e.split == s] for s in SPLITS}
+    missing = [s for s in need if not any(e.labels is not None for e in by_split[s])]
+    if missing:
+        listed = ", ".join(f"{len(v)} {s}" for s, v in by_split.items() if v) or "no video"
+        raise UserError(f"{path}: no labelled {' and no labelled '.join(missing)} videos (it lists {listed}); run "
+                        f"`eri_downstream/extract.py table --splits {','.join(missing)}` (and the steps) for them")
+    return by_split
 
 
 def summary(entries: list[VideoEntry]) -> str:
@@ -208,15 +221,24 @@ def write_table(entries: list[VideoEntry], path: Path | str) -> None:
                              "" if e.wav is None else str(e.wav)])
 
 
+def update_table(entries: list[VideoEntry], path: Path | str, splits: set[str]) -> list[VideoEntry]:
+    """Write `entries` (the videos of `splits`) into the table at `path`, keeping its rows of
+    every other split: a run over some splits never drops what a run over others listed.
+    Returns the whole table, ordered train, val, test (stable within a split)."""
+    path = Path(path)
+    new = {e.file_id for e in entries}
+    kept = [e for e in read_table(path) if e.split not in splits and e.file_id not in new] if path.is_file() else []
+    table = sorted(kept + entries, key=lambda e: SPLITS.index(e.split))
+    write_table(table, path)
+    return table
+
+
 def read_table(path: Path | str) -> list[VideoEntry]:
     """Entries written by `write_table`; relative media paths count from the table's folder."""
     path = Path(path)
-    entries = []
+    rows = []
     for line, row in _read_csv(path, TABLE_COLUMNS):
-        media = [path.parent / row[kind].strip() if row[kind].strip() else None
-                 for kind in ("mp4", "wav")]
-        entries.append(VideoEntry(_file_id(row["file_id"], path, line),
-                                  _split(row["split"], path, line), _labels(row, path, line),
-                                  row["age"].strip(), row["country"].strip(), *media))
-    _no_duplicates([e.file_id for e in entries], path)
-    return entries
+        media = [path.parent / row[kind] if row[kind] else None for kind in ("mp4", "wav")]
+        rows.append((line, _file_id(row["file_id"], path, line), _split(row["split"], path, line),
+                     _labels(row, path, line), row["age"], row["country"], *media))
+    return [VideoEntry(*row[1:]) for row in _drop_repeats(rows, lambda r: r[1], path)]

@@ -20,7 +20,7 @@ import logging
 
 from accelerate import PartialState
 
-from eri_downstream.dataset import load_dataset, summary, write_table
+from eri_downstream.dataset import load_dataset, summary, update_table
 from eri_downstream.steps import STEPS, run_step
 from eri_downstream.store import FeatureStore
 from shared import builtin_data
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     store = FeatureStore(args.store)
     if state.is_main_process:
         store.root.mkdir(parents=True, exist_ok=True)
-        write_table(entries, store.table)
-        log.info("%s\n%s", args.data, summary(entries))
+        table = update_table(entries, store.table, splits)  # rows of the other splits stay
+        log.info("%s\n%s", args.data, summary(table))
     state.wait_for_everyone()
     steps = list(STEPS) if args.step == "all" else [] if args.step == "table" else [args.step]
     for step in steps:

@@ -20,6 +20,8 @@ Stored format, one uncompressed tar per video (readable with `tarfile` + `json` 
                       detected      true where the face was found in that frame
                       filled_from   position (in these lists) of the detected frame whose face
                                     was copied into this one, -1 where detected
+                      damage        null, or where decoding of a damaged video stopped (the
+                                    frames before it are all here)
     000000.jpg ...  the crop of kept frame i (position i in the lists above, not the video's
                     frame number): RGB, size x size, JPEG quality 95
 """
@@ -32,22 +34,19 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
-import av
 import numpy as np
 from PIL import Image
 
+from eri_downstream.video import VideoError, VideoReader, decode_frames  # noqa: F401 - decode_frames: public here too
 from shared.errors import RunError, UserError
+from shared.pixels import open_rgb
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
 Detection = tuple[Box, float]            # box, confidence in [0, 1]
 FORMAT = "face-track/1"
 JPEG_QUALITY = 95
-
-
-class VideoError(RunError):
-    """A video that cannot be used: missing, undecodable, without a video stream or frames."""
 
 
 class Detector(Protocol):
@@ -110,57 +109,6 @@ def make_detector(name: str, **kwargs) -> Detector:
     if name not in DETECTORS:
         raise UserError(f"unknown face detector {name!r}; choose one of: {', '.join(sorted(DETECTORS))}")
     return DETECTORS[name](**kwargs)
-
-
-class VideoReader:
-    """Decoded frames of a video, sampled at `fps` (every frame when None).
-
-    Each iteration decodes the file anew, so a caller can make two passes (detect, then crop)
-    without holding a whole video of full-size frames in memory.
-    """
-
-    def __init__(self, path: str | Path, fps: float | None = None):
-        if fps is not None and fps <= 0:
-            raise UserError(f"frame sampling rate must be positive, got {fps}")
-        self.path, self.fps = str(path), fps
-        with self._open() as container:
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            self.source_fps = float(rate) if rate else 0.0
-
-    def _open(self) -> av.container.InputContainer:
-        try:
-            container = av.open(self.path)
-        except (av.error.FFmpegError, OSError) as err:
-            raise VideoError(f"{self.path}: cannot open video ({err})") from err
-        if not container.streams.video:
-            container.close()
-            raise VideoError(f"{self.path}: no video stream (or an empty one)")
-        return container
-
-    def __iter__(self) -> Iterator[tuple[int, float, np.ndarray]]:
-        """(decoding-order index, seconds, HxWx3 uint8 RGB) of each kept frame."""
-        period = 1 / self.source_fps if self.source_fps else 0.0
-        start, kept = None, 0
-        with self._open() as container:
-            try:
-                for index, frame in enumerate(container.decode(video=0)):
-                    t = float(frame.time) if frame.time is not None else index * period
-                    start = t if start is None else start
-                    if self.fps is None or t >= start + kept / self.fps - period / 2:
-                        kept += 1
-                        yield index, t, frame.to_ndarray(format="rgb24")
-            except av.error.FFmpegError as err:
-                raise VideoError(f"{self.path}: cannot decode video ({err})") from err
-
-
-def decode_frames(path: str | Path, fps: float | None = None) -> tuple[list[np.ndarray], list[float], float]:
-    """All kept frames (HxWx3 uint8 RGB), their times in seconds, and the video's frame rate."""
-    reader = VideoReader(path, fps)
-    decoded = list(reader)
-    if not decoded:
-        raise VideoError(f"{path}: the video has no frames")
-    return [image for _, _, image in decoded], [t for _, t, _ in decoded], reader.source_fps
 
 
 def _area(box: Box) -> float:
@@ -253,16 +201,17 @@ class FaceTrack:
     source_fps: float
     detector: str
     margin: float = 0.2
+    damage: str | None = None  # where decoding of a damaged video stopped, if it did
 
     @property
     def size(self) -> int:
         return int(self.crops.shape[1])
 
 
-def _no_face(size: int, margin: float, source_fps: float, detector: str) -> FaceTrack:
+def _no_face(size: int, margin: float, source_fps: float, detector: str, damage: str | None) -> FaceTrack:
     return FaceTrack(np.zeros((0, size, size, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64),
                      np.zeros((0, 4)), np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int64),
-                     "no-face", source_fps, detector, margin)
+                     "no-face", source_fps, detector, margin, damage)
 
 
 def _detect_all(reader: VideoReader, detector: Detector, batch_size: int
@@ -286,13 +235,15 @@ def _detect_all(reader: VideoReader, detector: Detector, batch_size: int
 def extract_faces(video_path: str | Path, detector: Detector, *, fps: float | None = None,
                   size: int = 224, margin: float = 0.2, batch_size: int = 32) -> FaceTrack:
     """Detect in batches, track the main subject, crop; frames without it get the nearest detected
-    frame's crop. Two decoding passes keep memory to one batch of frames plus the crops."""
+    frame's crop. Two decoding passes keep memory to one batch of frames plus the crops. A damaged
+    video gives the frames that decode, and the track's `damage` says where decoding stopped."""
     reader = VideoReader(video_path, fps)
     indices, times, detections, frame_size = _detect_all(reader, detector, batch_size)
+    damage = reader.damage
     boxes = track_subject(detections, frame_size)
     detected = [b is not None for b in boxes]
     if not any(detected):
-        return _no_face(size, margin, reader.source_fps, detector.name)
+        return _no_face(size, margin, reader.source_fps, detector.name, damage)
     crops = {pos: crop_face(image, boxes[pos], size, margin)
              for pos, (_, _, image) in enumerate(reader) if detected[pos]}
     source = nearest_detected(detected)
@@ -302,7 +253,7 @@ def extract_faces(video_path: str | Path, detector: Detector, *, fps: float | No
         boxes=np.array([b if b is not None else (np.nan,) * 4 for b in boxes], np.float64),
         scores=np.array([dict(dets)[b] if b is not None else 0.0 for dets, b in zip(detections, boxes)]),
         detected=np.asarray(detected), filled_from=np.array([-1 if d else j for d, j in zip(detected, source)]),
-        status="ok", source_fps=reader.source_fps, detector=detector.name, margin=margin)
+        status="ok", source_fps=reader.source_fps, detector=detector.name, margin=margin, damage=damage)
 
 
 def _metadata(track: FaceTrack) -> dict:
@@ -311,7 +262,7 @@ def _metadata(track: FaceTrack) -> dict:
             "frame_indices": track.frame_indices.tolist(),
             "boxes": [None if np.isnan(b).any() else b for b in track.boxes.tolist()],
             "scores": track.scores.tolist(), "detected": track.detected.tolist(),
-            "filled_from": track.filled_from.tolist()}
+            "filled_from": track.filled_from.tolist(), "damage": track.damage}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -347,7 +298,7 @@ def load_face_track(path: str | Path) -> FaceTrack:
         with tarfile.open(path) as tar:
             meta = json.load(tar.extractfile("track.json"))
             names = sorted(n for n in tar.getnames() if n.endswith(".jpg"))
-            crops = [np.asarray(Image.open(tar.extractfile(n)).convert("RGB")) for n in names]
+            crops = [np.asarray(open_rgb(tar.extractfile(n).read())) for n in names]
     except (OSError, KeyError, tarfile.TarError, json.JSONDecodeError) as err:
         raise RunError(f"{path}: unreadable face track ({err})") from err
     if meta.get("format") != FORMAT:
@@ -359,4 +310,4 @@ def load_face_track(path: str | Path) -> FaceTrack:
         boxes=np.array([b if b is not None else [np.nan] * 4 for b in meta["boxes"]], np.float64).reshape(-1, 4),
         scores=np.asarray(meta["scores"], np.float64), detected=np.asarray(meta["detected"], bool),
         filled_from=np.asarray(meta["filled_from"], np.int64), status=meta["status"],
-        source_fps=meta["source_fps"], detector=meta["detector"], margin=meta["margin"])
+        source_fps=meta["source_fps"], detector=meta["detector"], margin=meta["margin"], damage=meta.get("damage"))

@@ -17,6 +17,7 @@ from sklearn.model_selection import KFold
 
 from eri_downstream.dataset import EMOTIONS, VideoEntry
 from shared.errors import UserError
+from shared.tables import csv_rows
 
 SUBMISSION_COLUMNS = ["File_ID", *EMOTIONS]
 
@@ -70,13 +71,12 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or [c.strip() for c in rows[0]] != SUBMISSION_COLUMNS:
-        raise UserError(f"{path}: header {rows[0] if rows else []} is not {','.join(SUBMISSION_COLUMNS)} "
+    rows = csv_rows(path, f"a submission with columns {','.join(SUBMISSION_COLUMNS)}")
+    if not rows or rows[0][1] != SUBMISSION_COLUMNS:
+        raise UserError(f"{path}: header {rows[0][1] if rows else []} is not {','.join(SUBMISSION_COLUMNS)} "
                         "(exact columns and order, no index column)")
     ids, values = [], []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in rows[1:]:
         if len(row) != len(SUBMISSION_COLUMNS):
             raise UserError(f"{path} line {line}: {len(row)} fields, expected {len(SUBMISSION_COLUMNS)}")
         raw = row[0].strip()

@@ -26,37 +26,46 @@ class Step:
     work: Callable[[VideoEntry], str]  # returns an outcome ("ok", "no-face", ...); raises on failure
     finish: Callable[[dict[str, str]], None] = lambda results: None  # main process, after all ranks
     results: dict[str, str] = field(default_factory=dict)  # file_id -> value kept for `finish`
+    # file_id -> why a video that was done is incomplete (a damaged file decoded in part);
+    # listed in the failures file with the failures
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def run_step(name: str, entries: list[VideoEntry], store: FeatureStore, args, state) -> dict:
     step = BUILDERS[name](store, args, state.device)
     mine = entries[state.process_index::state.num_processes]
-    outcomes, failures = Counter(), {}
+    outcomes, failures, skipped = Counter(), {}, []
     bar = tqdm(mine, desc=f"{name} [{state.process_index}]", unit="video", position=state.process_index,
                dynamic_ncols=True, leave=state.is_main_process)
     for entry in bar:
         if not args.overwrite and step.is_done(entry):
             outcomes["already done"] += 1
+            skipped.append(entry.file_id)
             continue
         try:
             outcomes[step.work(entry)] += 1
         except Exception as err:  # noqa: BLE001 - one bad video is reported, never fatal to the step
             failures[entry.file_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    reports = gather_object([(dict(outcomes), failures, step.results)]) if state.num_processes > 1 else \
-        [(dict(outcomes), failures, step.results)]
-    total, all_failures, all_results = Counter(), {}, {}
-    for counts, fails, results in reports:
+    mine_report = (dict(outcomes), failures, step.notes, step.results, skipped)
+    reports = gather_object([mine_report]) if state.num_processes > 1 else [mine_report]
+    total, all_failures, all_notes, all_results, all_skipped = Counter(), {}, {}, {}, set()
+    for counts, fails, notes, results, done in reports:
         total.update(counts)
         all_failures.update(fails)
+        all_notes.update(notes)
         all_results.update(results)
+        all_skipped.update(done)
     if state.is_main_process:
         step.finish(all_results)
-        path = store.write_failures(name, all_failures)
-        listed = ", ".join(f"{n} {what}" for what, n in sorted(total.items()))
-        log.info("%s: %s%s", name, listed or "nothing to do",
-                 f"; {len(all_failures)} failed (see {path})" if all_failures else "")
+        # what an earlier run listed for the videos this run left as they were still holds
+        earlier = {k: v for k, v in store.read_failures(name).items() if k in all_skipped}
+        listed = {**earlier, **all_notes, **all_failures}
+        path = store.write_failures(name, listed)
+        counted = ", ".join(f"{n} {what}" for what, n in sorted(total.items()))
+        log.info("%s: %s%s", name, counted or "nothing to do",
+                 f"; {len(all_failures)} failed, {len(listed)} listed in {path}" if listed else "")
     state.wait_for_everyone()
-    return {"outcomes": dict(total), "failures": all_failures}
+    return {"outcomes": dict(total), "failures": all_failures, "notes": all_notes}
 
 
 def save_features(store: FeatureStore, step: str, file_id: str, features: torch.Tensor, **metadata) -> None:
@@ -81,8 +90,12 @@ def faces_step(store: FeatureStore, args, device) -> Step:
         track = extract_faces(entry.mp4, detector, fps=args.fps, size=args.size, margin=args.margin,
                               batch_size=args.batch_size)
         save_face_track(track, store.faces(entry.file_id))
+        if track.damage:
+            step.notes[entry.file_id] = f"partial: {track.damage}"
+            return f"{track.status} (partial video)"
         return track.status
-    return Step(lambda e: store.faces(e.file_id).is_file(), work)
+    step = Step(lambda e: store.faces(e.file_id).is_file(), work)
+    return step
 
 
 def visual_step(store: FeatureStore, args, device) -> Step:
@@ -120,11 +133,15 @@ def audio_step(store: FeatureStore, args, device) -> Step:
         source = entry.wav or entry.mp4
         if source is None:
             raise FileNotFoundError("neither a wav nor an mp4 for this video")
-        features = encoder.encode(load_audio(source))  # (T, 768), 50 per second
+        damage: list[str] = []
+        features = encoder.encode(load_audio(source, damage=damage))  # (T, 768), 50 per second
         save_features(store, "audio", entry.file_id, features, source=args.audio_model, fingerprint=fingerprint,
                       status="ok", from_file=str(source))
-        return "ok" if entry.wav else "ok (mp4 audio track)"
-    return Step(lambda e: store.is_current("audio", e.file_id, fingerprint=fingerprint), work)
+        if damage:
+            step.notes[entry.file_id] = f"partial: {'; '.join(damage)}"
+        return ("ok" if entry.wav else "ok (mp4 audio track)") + (" (partial)" if damage else "")
+    step = Step(lambda e: store.is_current("audio", e.file_id, fingerprint=fingerprint), work)
+    return step
 
 
 def transcripts_step(store: FeatureStore, args, device) -> Step:
@@ -140,12 +157,16 @@ def transcripts_step(store: FeatureStore, args, device) -> Step:
             raise FileNotFoundError("neither a wav nor an mp4 for this video")
         if not transcriber:
             transcriber.append(Transcriber(args.asr, model=args.asr_model, device=device))
-        texts[entry.file_id] = transcriber[0].transcribe(load_audio(source))
-        return "ok" if texts[entry.file_id] else "ok (no speech)"
+        damage: list[str] = []
+        texts[entry.file_id] = transcriber[0].transcribe(load_audio(source, damage=damage))
+        if damage:
+            step.notes[entry.file_id] = f"partial: {'; '.join(damage)}"
+        return ("ok" if texts[entry.file_id] else "ok (no speech)") + (" (partial)" if damage else "")
 
     def finish(new: dict[str, str]) -> None:
         store.write_transcripts({**existing, **new})  # corrections made by hand are kept
-    return Step(lambda e: e.file_id in existing, work, finish, texts)
+    step = Step(lambda e: e.file_id in existing, work, finish, texts)
+    return step
 
 
 def text_step(store: FeatureStore, args, device) -> Step:

@@ -31,6 +31,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from shared.tables import csv_records
+
 FEATURE_STEPS = ("visual", "audio", "text")
 
 
@@ -84,10 +86,10 @@ class FeatureStore:
 
     # -- transcripts ---------------------------------------------------------------------
     def read_transcripts(self) -> dict[str, str]:
+        """file_id -> text; the file may have been edited in a spreadsheet (BOM, CRLF: shared.tables)."""
         if not self.transcripts.is_file():
             return {}
-        with open(self.transcripts, newline="") as f:
-            return {row["file_id"]: row["text"] for row in csv.DictReader(f)}
+        return read_transcripts(self.transcripts)
 
     def write_transcripts(self, texts: dict[str, str]) -> None:
         tmp = self.transcripts.with_name(".transcripts.csv.partial")
@@ -98,6 +100,13 @@ class FeatureStore:
         os.replace(tmp, self.transcripts)
 
     # -- failures ------------------------------------------------------------------------
+    def read_failures(self, step: str) -> dict[str, str]:
+        """file_id -> reason of `<step>_failures.csv` ({} when the step never ran)."""
+        path = self.root / f"{step}_failures.csv"
+        if not path.is_file():
+            return {}
+        return {row["file_id"]: row["reason"] for _, row in csv_records(path, ["file_id", "reason"], strip=False)}
+
     def write_failures(self, step: str, failures: dict[str, str]) -> Path:
         path = self.root / f"{step}_failures.csv"
         with open(path, "w", newline="") as f:
@@ -105,6 +114,12 @@ class FeatureStore:
             writer.writerow(["file_id", "reason"])
             writer.writerows(sorted(failures.items()))
         return path
+
+
+def read_transcripts(path: str | Path) -> dict[str, str]:
+    """file_id -> text of a transcripts.csv (columns file_id, text); the text is kept as written."""
+    return {row["file_id"].strip(): row["text"]
+            for _, row in csv_records(path, ["file_id", "text"], strip=False)}
 
 
 def fingerprint_files(*paths: str | Path) -> str:

@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler
 
-from eri_downstream.config import ERIConfig
+from eri_downstream.config import RESUME_KEYS, ERIConfig
 from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate, mixup
-from eri_downstream.dataset import EMOTIONS, read_table
+from eri_downstream.dataset import EMOTIONS, read_table, splits_of
 from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
 from eri_downstream.folds import cv_folds, write_submission
 from eri_downstream.loader import EpochLoader
@@ -38,7 +38,7 @@ from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
 from shared.config import from_dict, load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
-from shared.metrics import pearson_report
+from shared.metrics import constant_columns, pearson_report
 from shared.plots import bar_chart, learning_curves, scatter_grid
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
@@ -99,6 +99,21 @@ def report_for(preds: dict[str, np.ndarray], entries) -> dict:
     return {**pearson_report(pred, true, EMOTIONS), "videos": len(labelled)}
 
 
+def say_constant_columns(val_entries, say: bool = True) -> None:
+    """One line at the start when a validation emotion never varies (Pearson is undefined there
+    for every model: it is shown as NaN, and selection uses the other emotions); a UserError when
+    none varies (nothing to select on)."""
+    true = np.array([e.labels for e in val_entries if e.labels is not None], dtype=np.float64).reshape(-1, len(EMOTIONS))
+    constant = constant_columns(true, EMOTIONS)
+    if len(constant) == len(EMOTIONS) or len(true) < 2:
+        raise UserError(f"the {len(true)} labelled validation videos vary in no emotion: Pearson is undefined for "
+                        "all of them and no model can be selected; validate on other videos")
+    if constant and say:
+        log.warning("validation column(s) %s constant (%s over %d videos): Pearson undefined there, shown as NaN; "
+                    "selecting on the mean over the other %d emotions", ", ".join(constant),
+                    ", ".join(f"all {v:g}" for v in constant.values()), len(true), len(EMOTIONS) - len(constant))
+
+
 def feature_dims(store: Path, modalities, file_id: str) -> dict[str, int]:
     """Each modality's feature size, read from one stored video (the encoders decide it)."""
     dims = {}
@@ -146,6 +161,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
         val_cache = DeviceCache(val_set, acc.device)
     else:
         loader = EpochLoader(dataset(train_entries, True), collate_fn=collate, num_workers=cfg.data.num_workers, **order)
+    say_constant_columns(val_entries, say=acc.is_main_process)
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = adamw(model, cfg.optim, acc.device)
@@ -157,7 +173,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
     out.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(acc, out, cfg.run.keep_last)
     best = {"mean_pearson": -math.inf, "epoch": 0, "stale": 0}
-    start_step, state = checkpointer.restore(cfg.run.resume, loader)
+    start_step, state = checkpointer.restore(cfg.run.resume, loader, resolved, RESUME_KEYS)
     if state is not None and (out / "best.json").is_file():
         best = json.loads((out / "best.json").read_text())
     if acc.is_main_process:
@@ -177,15 +193,18 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
         net = ema.module if ema is not None else unwrap(acc, model)
         report = report_for(predict(acc, net, val_set, cfg.data.batch_size, front, val_cache), val_entries)  # every rank
         epoch = step // steps_per_epoch
-        value = report["mean"] if math.isfinite(report["mean"]) else -math.inf
-        improved = value > best["mean_pearson"]
+        # the mean over the emotions where Pearson is defined; the first evaluation is always kept,
+        # so a finished run has best weights whatever its scores
+        value = report["mean_defined"] if math.isfinite(report["mean_defined"]) else -math.inf
+        improved = "step" not in best or value > best["mean_pearson"]
         best.update(stale=0 if improved else best["stale"] + 1)
         if improved:
             best.update(mean_pearson=value, epoch=epoch, step=step)
         if acc.is_main_process:
             acc.log({"val/mean_pearson": report["mean"], **{f"val/{k}": v for k, v in report["per_emotion"].items()}},
                     step=step)
-            log.info("epoch %d: validation mean Pearson %.4f%s", epoch, report["mean"], " (best)" if improved else "")
+            log.info("epoch %d: validation mean Pearson %.4f%s%s", epoch, report["mean"], _defined(report),
+                     " (best)" if improved else "")
             if improved:
                 save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "best.safetensors"))
                 (out / "best_report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -211,7 +230,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
 def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, front) -> dict:
     """The best weights' validation report, plots and test predictions."""
     net = ERIModel(unwrap(acc, model).config).to(acc.device)
-    net.load_state_dict(load_file(str(out / "best.safetensors")))
+    net.load_state_dict(load_file(str(out / "best.safetensors")))  # written by the first evaluation on
     val_pred = predict(acc, net, dataset(val_entries, False), cfg.data.batch_size, front)
     test_pred = predict(acc, net, dataset(test_entries, False), cfg.data.batch_size, front) if test_entries else {}
     report = report_for(val_pred, val_entries)
@@ -222,7 +241,10 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
     if acc.is_main_process:
         (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
         table = ["| emotion | Pearson r |", "|---|--:|"] + [f"| {k} | {v:.4f} |" for k, v in report["per_emotion"].items()]
-        (out / "per_emotion.md").write_text("\n".join(table + [f"| **mean** | **{report['mean']:.4f}** |"]) + "\n")
+        table.append(f"| **mean** | **{report['mean']:.4f}** |")
+        if report["nan"]:  # the NaN rows stay; the selection score says what the rest give
+            table.append(f"| mean over {', '.join(report['defined'])} (selection) | {report['mean_defined']:.4f} |")
+        (out / "per_emotion.md").write_text("\n".join(table) + "\n")
         write_submission(out / "val_predictions.csv", list(val_pred), np.stack(list(val_pred.values())))
         if test_pred:  # this model's test predictions, in the submission format
             write_submission(out / "submission.csv", list(test_pred), np.stack(list(test_pred.values())))
@@ -262,8 +284,7 @@ def main(argv=None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
-    entries = read_table(store / "videos.csv")
-    by_split = {s: [e for e in entries if e.split == s] for s in ("train", "val", "test")}
+    by_split = splits_of(read_table(store / "videos.csv"), store / "videos.csv", need=() if cfg.folds else ("train", "val"))
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
         raise UserError(f"fold={cfg.fold} needs folds=N with 0 <= fold < N (folds={cfg.folds})")
     if cfg.folds:
@@ -291,6 +312,14 @@ def main(argv=None) -> int:
         log.info("done: %s", json.dumps(summary))
     acc.end_training()
     return 0
+
+
+def _defined(report: dict) -> str:
+    """', over the N emotions where it is defined X' when some are NaN."""
+    if not report["nan"]:
+        return ""
+    undefined = ", ".join(f"{n['emotion']} {n['reason']}" for n in report["nan"])
+    return f" ({undefined}; over the {len(report['defined'])} with defined truth {report['mean_defined']:.4f})"
 
 
 def cv_summary(results: list[dict], pool, run_dir: Path, acc) -> dict:

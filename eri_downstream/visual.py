@@ -2,16 +2,21 @@
 (`extract.py visual`) and end-to-end training (`train.py data.end_to_end`), so the two agree."""
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
 from shared.encoders import load_frozen_encoder
 from shared.training.images import normalize
 
+log = logging.getLogger("eri_downstream")
+
 
 class FrameEncoder:
     def __init__(self, folder, device):
         self.encoder, self.info = load_frozen_encoder(folder)
+        log.info("frozen encoder %s", self.info.summary())
         self.encoder.to(device)
         self.device, self.size = device, self.info.input_size[-1]
 

@@ -72,3 +72,18 @@ class FinetuneConfig:
     epochs: float | None = None  # length in passes over the training split; else run.total_steps
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/finetune_affectnet", total_steps=20000))
     eval: EvalSection = field(default_factory=EvalSection)
+
+
+# Settings that decide which samples each step reads: a resumed state must have been saved with
+# the same values (shared.training.checkpoint refuses another one, naming the key). Paths are
+# not compared (the same data may move); the world size and workers are checked by the state
+# and the stream position themselves.
+RESUME_KEYS = ("data.train_split", "data.classes", "data.label_map", "data.balance", "data.shuffle_buffer",
+               "data.global_batch", "data.lanes", "run.seed")
+SPLIT_KEYS = ("data.batch_size", "optim.grad_accum")  # without data.global_batch, they make the step
+
+
+def resume_keys(cfg: FinetuneConfig) -> tuple[str, ...]:
+    """The keys a resume must keep: with data.global_batch the micro-batch and accumulation only
+    split each step over the hardware (another shape may need others), without it they make it."""
+    return RESUME_KEYS + (() if cfg.data.global_batch else SPLIT_KEYS)

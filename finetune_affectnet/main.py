@@ -17,7 +17,7 @@ import torch
 import yaml
 from timm.utils import ModelEmaV3
 
-from finetune_affectnet.config import FinetuneConfig
+from finetune_affectnet.config import FinetuneConfig, resume_keys
 from finetune_affectnet.data import build_streams, class_counts, class_set
 from finetune_affectnet.evaluate import predict, save_report, write_report
 from finetune_affectnet.model import build_classifier, export_classifier, param_groups
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     checkpointer = Checkpointer(acc, run_dir, cfg.run.keep_last)
     resolved = to_dict(cfg)
     best = {"value": -math.inf}
-    start_step, state = checkpointer.restore(cfg.run.resume, train_stream)
+    start_step, state = checkpointer.restore(cfg.run.resume, train_stream, resolved, resume_keys(cfg))
     if state is not None and (run_dir / "best" / "report.json").is_file():
         best_report = json.loads((run_dir / "best" / "report.json").read_text())
         best = {"value": best_report[cfg.eval.metric], "step": best_report["step"]}

@@ -15,6 +15,7 @@ OUT/head.safetensors; `load_classifier(OUT)` rebuilds the same model.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ from torch import nn
 from shared.encoders import EncoderInfo, load_encoder, stored_pool
 from shared.errors import UserError
 from shared.export import read_safetensors, save_safetensors, save_timm_folder
+
+log = logging.getLogger("finetune_affectnet")
 
 HEAD_FORMAT = "expression-head/1"
 KINDS = ("mlp", "linear_probe")
@@ -137,6 +140,7 @@ def build_classifier(encoder_spec, num_classes: int, *, pool: str | None = None,
     drop_path_rate = 0.0 if linear_probe else drop_path_rate  # a frozen encoder runs in eval
     encoder, info = load_encoder(encoder_spec, pool=pool, drop_path_rate=drop_path_rate,
                                  architecture=architecture, img_size=img_size, model_args=model_args)
+    log.info("encoder %s", info.summary())  # what was loaded, left at init, ignored, interpolated
     model = ExpressionClassifier(encoder, num_classes, hidden_dim=hidden_dim, dropout=dropout,
                                  head_init_std=head_init_std, linear_probe=linear_probe,
                                  class_names=class_names)

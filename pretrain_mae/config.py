@@ -71,3 +71,18 @@ class PretrainConfig:
     total_samples: int | None = None  # when set, total_steps = ceil(total_samples / samples per step)
     stop_after: int | None = None  # end this invocation after N steps (state saved); resume continues
     figures: FigureSection = field(default_factory=FigureSection)
+
+
+# Settings that decide which samples each step reads: a resumed state must have been saved with
+# the same values (shared.training.checkpoint refuses another one, naming the key). Paths are
+# not compared (the same data may move); the world size and workers are checked by the state
+# and the stream position themselves.
+RESUME_KEYS = ("data.mode", "data.weights", "data.exclude", "data.synthetic", "data.batches_per_epoch",
+               "data.shuffle_buffer", "data.block_size", "data.global_batch", "data.lanes", "run.seed")
+SPLIT_KEYS = ("data.batch_size", "optim.grad_accum")  # without data.global_batch, they make the step
+
+
+def resume_keys(cfg: PretrainConfig) -> tuple[str, ...]:
+    """The keys a resume must keep: with data.global_batch the micro-batch and accumulation only
+    split each step over the hardware (another shape may need others), without it they make it."""
+    return RESUME_KEYS + (() if cfg.data.global_batch else SPLIT_KEYS)

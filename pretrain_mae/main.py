@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from pretrain_mae.config import PretrainConfig
+from pretrain_mae.config import PretrainConfig, resume_keys
 from pretrain_mae.data import build_data
 from pretrain_mae.export import export_mae
 from pretrain_mae.model import build_mae
 from pretrain_mae.visualize import reconstruction_figure
 from shared import builtin_data
 from shared.checkpoints import load_into, load_state_dict_file
-from shared.encoders import load_encoder, spec_kind
+from shared.encoders import load_encoder, spec_kind, stored_pool
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import run_cli
 from shared.stream.reading import derive_seed
@@ -68,8 +68,8 @@ def initial_weights(spec: str) -> dict[str, torch.Tensor]:
     it has one); a timm folder or model name: its encoder (the decoder starts from init)."""
     if spec_kind(spec) == "file":
         return load_state_dict_file(spec)
-    encoder, _ = load_encoder(spec, pool="token")
-    return encoder.state_dict()
+    encoder, _ = load_encoder(spec, pool=stored_pool(spec) if spec_kind(spec) == "folder" else "token")
+    return encoder.state_dict()  # a fine-tuned (avg-pooled) folder: fc_norm, no norm; load_into says so
 
 
 def main(argv=None) -> int:
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     checkpointer = Checkpointer(acc, run_dir, cfg.run.keep_last)
     resolved = to_dict(cfg)
-    start_step, _ = checkpointer.restore(cfg.run.resume, data)
+    start_step, _ = checkpointer.restore(cfg.run.resume, data, resolved, resume_keys(cfg))
     if acc.is_main_process:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         StopRequest.clear_markers(run_dir)

@@ -94,9 +94,8 @@ def reactions(base: Path | None = None, *, size: str = "full") -> Path:
 
 def transcripts(folder: Path | str) -> dict[str, str]:
     """file_id -> transcript of the built-in videos (their `transcripts.csv`)."""
-    import csv
-    with open(Path(folder) / "transcripts.csv", newline="") as f:
-        return {row["file_id"]: row["text"] for row in csv.DictReader(f)}
+    from shared.tables import csv_records
+    return {row["file_id"]: row["text"] for _, row in csv_records(Path(folder) / "transcripts.csv", ["file_id", "text"])}
 
 
 def text_models(base: Path | None = None) -> dict[str, Path]:

@@ -30,6 +30,7 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
 WRAPPER_KEYS = ("model", "state_dict", "model_ema")  # tried in this order
 DECODER_PREFIXES = ("decoder_", "mask_token")  # MAE decoder (reference names)
 HEAD_PREFIXES = ("head.", "fc_norm.")  # classifier of a fine-tuned ViT
+NORM_PREFIX = "norm."  # the encoder's final norm, absent from global-pool fine-tuned checkpoints
 POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
 
 
@@ -97,6 +98,7 @@ class LoadReport:
     recomputed: list[str] = field(default_factory=list)  # fixed sin-cos kept for the new grid
 
     encoder_only: bool = False  # no decoder in the checkpoint, one in the model (left at init)
+    pooled_finetune: bool = False  # a global-pool fine-tuned checkpoint: fc_norm, no norm (norm left at init)
 
     def summary(self) -> str:
         """One line: what was loaded, left at init, ignored, resized."""
@@ -108,6 +110,9 @@ class LoadReport:
                          + (", encoder-only checkpoint)" if self.encoder_only else ")"))
         if others:
             parts.append(f"{len(others)} left at init: {_few(others)}")
+        if self.pooled_finetune:
+            parts.append("a global-pool fine-tuned checkpoint (fc_norm + head, no norm): its fc_norm normalises "
+                         "the averaged feature, not the tokens, so norm stays at init and fc_norm is not mapped")
         if self.ignored:
             parts.append(f"ignored {len(self.ignored)} not in the model: {_few(self.ignored)}")
         if self.unexpected:
@@ -123,7 +128,8 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *,
 
     Tolerated and reported: a checkpoint without decoder (the decoder stays at init), decoder
     or classifier-head keys the model does not have, a model head missing from the checkpoint
-    (a fresh head), and a pos_embed of another grid (bicubic on the grid, cls slot kept; a
+    (a fresh head), a global-pool fine-tuned checkpoint (fc_norm + head, no final norm: the
+    model's norm stays at init, as fc_norm acts on the averaged feature), and a pos_embed of another grid (bicubic on the grid, cls slot kept; a
     fixed, non-trainable table is instead kept as the model computed it for its own grid).
     Refused with a UserError: shapes that differ (another architecture) and, when
     `strict_encoder`, any other missing or unexpected key.
@@ -151,6 +157,10 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *,
     # a fresh head is normal; a missing decoder only when the checkpoint has none at all
     has_decoder = any(k.startswith(DECODER_PREFIXES) for k in state_dict)
     fresh = HEAD_PREFIXES if has_decoder else DECODER_PREFIXES + HEAD_PREFIXES
+    # the MAE reference's global-pool fine-tuning deletes `norm` and trains a fresh `fc_norm`
+    report.pooled_finetune = ("fc_norm.weight" in state_dict and "norm.weight" in own
+                              and not any(k.startswith(NORM_PREFIX) for k in state_dict))
+    fresh += (NORM_PREFIX,) if report.pooled_finetune else ()
     report.encoder_only = not has_decoder and any(k.startswith(DECODER_PREFIXES) for k in own)
     bad_missing = [k for k in report.missing if not k.startswith(fresh)]
     problems = []

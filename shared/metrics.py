@@ -25,17 +25,29 @@ def classification_report(y_true, y_pred, class_names: list[str]) -> dict:
     }
 
 
+# undefined because of the truth: no model can score there, so selection leaves the column out
+TRUTH_REASONS = ("fewer than 2 videos", "non-finite truth", "constant truth")
+
+
 def _nan_reason(pred: np.ndarray, true: np.ndarray) -> str | None:
     """Why Pearson r of one column is undefined, or None when it is defined."""
     if len(pred) < 2:
         return "fewer than 2 videos"
-    if not (np.isfinite(pred).all() and np.isfinite(true).all()):
-        return "non-finite values"
-    if np.ptp(pred) == 0:
-        return "constant prediction"
+    if not np.isfinite(true).all():
+        return "non-finite truth"
     if np.ptp(true) == 0:
         return "constant truth"
+    if not np.isfinite(pred).all():
+        return "non-finite prediction"
+    if np.ptp(pred) == 0:
+        return "constant prediction"
     return None
+
+
+def constant_columns(true: np.ndarray, names: list[str]) -> dict[str, float]:
+    """name -> value of each column of `true` (N, C) that holds one value only."""
+    true = np.asarray(true, dtype=np.float64)
+    return {name: float(true[0, j]) for j, name in enumerate(names) if len(true) and np.ptp(true[:, j]) == 0}
 
 
 def pearson_report(pred: np.ndarray, true: np.ndarray, names: list[str]) -> dict:
@@ -46,6 +58,10 @@ def pearson_report(pred: np.ndarray, true: np.ndarray, names: list[str]) -> dict
     makes the mean NaN: a collapsed model must show up in the score, not be averaged away. The
     NaN columns are listed under "nan" with the reason; scipy's ConstantInputWarning is silenced
     because the report says it instead.
+
+    "mean_defined" is what model selection uses: the mean over the columns whose truth varies
+    ("defined"), where a column the model leaves undefined (constant or non-finite prediction)
+    counts as r = 0, since it carries no correlation; NaN only when no column's truth varies.
     """
     from scipy.stats import pearsonr
     try:
@@ -57,7 +73,7 @@ def pearson_report(pred: np.ndarray, true: np.ndarray, names: list[str]) -> dict
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
     if pred.shape != true.shape or pred.ndim != 2 or pred.shape[1] != len(names):
         raise ValueError(f"pred {pred.shape} and true {true.shape} must both be (N, {len(names)})")
-    per_emotion, nan = {}, []
+    per_emotion, nan, scores = {}, [], {}
     for j, name in enumerate(names):
         reason = _nan_reason(pred[:, j], true[:, j])
         if reason is None:
@@ -70,5 +86,8 @@ def pearson_report(pred: np.ndarray, true: np.ndarray, names: list[str]) -> dict
         per_emotion[name] = r
         if reason is not None:
             nan.append({"emotion": name, "reason": reason})
+        if reason not in TRUTH_REASONS:
+            scores[name] = r if np.isfinite(r) else 0.0
     return {"per_emotion": per_emotion, "mean": float(np.mean(list(per_emotion.values()))),
-            "nan": nan, "samples": int(len(pred))}
+            "nan": nan, "samples": int(len(pred)), "defined": list(scores),
+            "mean_defined": float(np.mean(list(scores.values()))) if scores else float("nan")}

@@ -74,8 +74,9 @@ def test_every_benchmark_is_listed_with_its_command():
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
     assert names == ["input_pipeline", "exact_stream", "mae_step_cpu", "mae_step_gpu", "mae_step_fast", "gpu_input",
-                     "gpu_input_photo", "eri_epoch", "extract_speed", "profile_step", "profile_eri_epoch", "mae_levers"]
-    assert all("--quick" in line for line in proc.stdout.splitlines()[:9])
+                     "gpu_input_photo", "eri_epoch", "extract_speed", "fsdp_step", "profile_step", "profile_eri_epoch",
+                     "mae_levers"]
+    assert all("--quick" in line for line in proc.stdout.splitlines()[:10])
 
 
 @pytest.mark.parametrize("name", ["mae_vit_test", "mae_vit_tiny_patch16"])

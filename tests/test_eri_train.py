@@ -137,7 +137,12 @@ def test_two_processes_match_one_and_evaluate_every_video_once(store, tmp_path):
     for step in one:
         assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-5), step
     a, b = (load_file(tmp_path / run / "best.safetensors") for run in ("one", "two"))
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    # Adam turns float reduction-order noise in near-zero gradients into updates of up to lr (3e-3)
+    # per step: weights agree to a small fraction of lr (1.8e-4 seen with torch 2.15 / timm 1.0.31),
+    # and what they compute, the validation predictions, to 1e-4
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-4
+    preds = [json.loads((tmp_path / run / "report.json").read_text())["val_predictions"] for run in ("one", "two")]
+    assert max(abs(x - y) for k in preds[0] for x, y in zip(preds[0][k], preds[1][k])) < 1e-4
     state = tmp_path / "two" / "checkpoints" / "step_00000015"
     ranks = [json.loads((state / f"rank_{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # identical parameters on every rank

@@ -41,9 +41,12 @@ def bad_inputs(tmp_path_factory) -> dict[str, Path]:
     (root / "hume").mkdir()
     (root / "hume" / "data_info.csv").write_text("File_ID;Split;Adoration\n[00001];Train;0.5\n")
     store = FeatureStore(root / "store")
-    write_table([VideoEntry("00001", "train", [0.5] * 7, "", "", None, None)], store.table)
+    videos = [VideoEntry("00001", "train", [0.5] * 7, "", "", None, None),
+              *(VideoEntry(f"0000{i}", "val", [0.1 * i] * 7, "", "", None, None) for i in (2, 3))]
+    write_table(videos, store.table)  # a store train.py accepts: the bad input is the config key
     for modality in ("visual", "audio", "text"):
-        store.save(modality, "00001", torch.ones(3, 8))
+        for video in videos:
+            store.save(modality, video.file_id, torch.ones(3, 8))
     with open(root / "evil.pth", "wb") as f:
         pickle.dump({"model": {}, "args": Evil(root / "pwned")}, f, protocol=2)
     return {"root": root, "affectnet": affectnet, "hume": root / "hume", "store": store.root,

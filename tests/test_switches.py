@@ -11,6 +11,9 @@ for export (`test_fsdp_shards_are_gathered_for_export`); tests/gpu runs the stag
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -202,7 +205,6 @@ with FSDP.summon_full_params(model):  # the reference: FSDP's own full view of t
 
 
 def test_fsdp_shards_are_gathered_for_export(tmp_path):
-    import subprocess
     from run_utils import stage_command
     script = tmp_path / "fsdp_worker.py"
     script.write_text(FSDP_WORKER)
@@ -229,3 +231,14 @@ def test_sharded_runs_refuse_what_needs_the_whole_model():
 
     with pytest.raises(UserError, match="ema_decay needs the whole model on every process"):
         refuse_sharding(Fsdp(), "ema_decay")
+
+
+def test_fsdp_benchmark_takes_the_config_apart_on_gloo():
+    """The benchmark that names the cost of FSDP on one GPU runs each variant (smoke, CPU)."""
+    proc = subprocess.run([sys.executable, "benchmarks/fsdp_step.py", "--device", "cpu", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line[len("result: "):]) for line in proc.stdout.splitlines() if line.startswith("result: ")]
+    assert [r["name"].split(": ")[1] for r in rows] == ["accelerate", "no_shard", "no_mp_policy", "no_autocast",
+                                                        "no_limit"]
+    assert all(r["ratio"] > 0 for r in rows)

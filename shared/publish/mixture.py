@@ -6,7 +6,6 @@ rather than guessed.
 """
 from __future__ import annotations
 
-import csv
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from shared.publish.licences import Dataset, dataset_of
 from shared.shards.leakage import read_exclusions
 from shared.stream.sources import parse_weights
+from shared.tables import csv_records
 
 
 BALANCE = {"sampling": "class-balanced resampling", "loss": "class-weighted loss", "none": "no class balancing"}
@@ -96,8 +96,7 @@ def _eri(data: dict, config: dict) -> list[Part]:
     table = Path(data.get("store") or "") / "videos.csv"
     counts = None
     if data.get("store") and table.is_file():
-        with open(table, newline="") as f:
-            counts = Counter(row["split"] for row in csv.DictReader(f))
+        counts = Counter(row["split"] for _, row in csv_records(table, ["split"]))
     dataset = dataset_of("hume")
     if config.get("folds"):
         uses = {"train": f"{config['folds']}-fold cross-validation (pooled with val)",

@@ -73,6 +73,8 @@ def _summary(manifest: dict, out: Path) -> None:
     if counts:
         listed = ", ".join(f"{n} {reason}" for reason, n in counts.items())
         print(f"rejected: {listed} (listed in {out / manifest['rejects']['file']})")
+    for label, n in manifest.get("missing_labels", {}).items():
+        print(f"{label} missing for {n} faces (stored as None; each sample's {label}_missing says why)")
     print(f"manifest: {out / 'manifest.json'}")
 
 

@@ -6,6 +6,8 @@ import math
 
 from PIL import Image
 
+from ..pixels import display_size, upright_rgb
+
 
 def square_around(box: tuple[float, float, float, float] | None, margin: float,
                   width: int, height: int) -> tuple[float, float, float, float]:
@@ -29,20 +31,24 @@ def square_around(box: tuple[float, float, float, float] | None, margin: float,
 def crop_face(data: bytes, box, margin: float, size: int, quality: int) -> tuple[bytes, list[float], list[int]]:
     """Decode, crop the face square, resize to size x size, encode as JPEG.
 
-    Returns (jpeg bytes, crop square in original pixels, original (width, height)). Large
-    JPEGs are decoded at a reduced DCT scale when the crop still has at least `size` pixels,
-    which is several times faster on AffectNet's multi-megapixel photos.
+    Returns (jpeg bytes, crop square in original pixels, original (width, height)), both in
+    the upright picture a viewer shows (EXIF orientation applied, any pixel format made 8-bit
+    RGB by shared.pixels, which raises UnsupportedPixels for the rest): the box is taken to be
+    in those displayed pixels. Large JPEGs are decoded at a reduced DCT scale when the crop
+    still has at least `size` pixels, which is several times faster on AffectNet's
+    multi-megapixel photos.
     """
     img = Image.open(io.BytesIO(data))
-    orig_w, orig_h = img.size
+    stored_w = img.size[0]
+    orig_w, orig_h = display_size(img)
     square = square_around(box, margin, orig_w, orig_h)
     side = square[2] - square[0]
     if side <= 1:
         raise ValueError(f"face box too small: {box}")
-    if img.format == "JPEG" and side > 2 * size:
-        img.draft("RGB", (math.ceil(orig_w * size / side), math.ceil(orig_h * size / side)))
-    scale = img.size[0] / orig_w
-    img = img.convert("RGB")
+    if img.format == "JPEG" and side > 2 * size:  # the same reduction on both axes, turned or not
+        img.draft("RGB", (math.ceil(img.size[0] * size / side), math.ceil(img.size[1] * size / side)))
+    scale = img.size[0] / stored_w
+    img = upright_rgb(img)
     scaled = tuple(round(v * scale) for v in square)
     face = img.crop(scaled).resize((size, size), Image.BICUBIC, reducing_gap=3.0)
     out = io.BytesIO()

@@ -28,14 +28,20 @@ class Item:
     offset: int | None = None  # byte offset of a RecordIO record inside `file`
     box: tuple[float, float, float, float] | None = None  # x, y, w, h in image pixels
     meta: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # where the dataset lists it ("training.csv line 12"), for reject details
 
 
 @dataclass
 class Reject:
     path: str
     split: str
-    reason: str  # no-face, bad-row, missing-image, unreadable-image, filtered
+    reason: str  # one of REJECT_REASONS
     detail: str = ""
+
+
+# why an input was left out: the values of rejects.csv's `reason` column
+REJECT_REASONS = ("no-face", "bad-row", "missing-image", "unreadable-image", "unsupported-pixels",
+                  "duplicate", "filtered")
 
 
 @dataclass
@@ -60,3 +66,18 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise UserError(f"{path}: not a folder; expected {what}")
     return path
+
+
+def find_dir(root: Path, name: str, what: str) -> Path:
+    """`root/name`, or `root/<one folder>/name` where an archive extracts one level down
+    (AffectNet's `Manually_Annotated/Manually_Annotated_Images`); more than one such folder
+    is a UserError naming them, not a guess."""
+    if (root / name).is_dir():
+        return root / name
+    found = sorted(p / name for p in root.iterdir() if (p / name).is_dir()) if root.is_dir() else []
+    if len(found) > 1:
+        raise UserError(f"{root}: {name} found in {len(found)} places ({', '.join(map(str, found))}); "
+                        "point to the folder that holds the one to convert")
+    if not found:
+        raise UserError(f"{root / name}: not a folder (nor one level down); expected {what}")
+    return found[0]

@@ -9,7 +9,6 @@ framed very differently, so crops made with similar margins compare best.
 from __future__ import annotations
 
 import argparse
-import io
 import multiprocessing
 import os
 from pathlib import Path
@@ -17,12 +16,13 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import webdataset as wds
-from PIL import Image
 from tqdm import tqdm
 
 from . import manifest as mf
 from ..errors import UserError
+from ..pixels import open_rgb
 from ..provenance import write_json_atomic
+from ..tables import text_lines
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def _shard_names(folder: str, holdout: bool) -> list[str]:
 
 
 def phash64(jpg: bytes) -> int:
-    bits = imagehash.phash(Image.open(io.BytesIO(jpg))).hash.ravel()
+    bits = imagehash.phash(open_rgb(jpg)).hash.ravel()
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
@@ -111,8 +111,5 @@ def write_exclusions(path: Path, keys: list[str], report: dict) -> None:
 
 
 def read_exclusions(path: str | os.PathLike) -> set[str]:
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: exclusion list not found (made by 'face-shards leakage')") from None
-    return {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+    """The sample keys listed in an exclusion file ('#' lines are comments)."""
+    return {line.strip() for _, line in text_lines(path, "an exclusion list made by 'face-shards leakage'", comment="#")}

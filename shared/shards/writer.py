@@ -28,7 +28,12 @@ from . import recordio
 from .crop import crop_face
 from .items import Item, Reject, Scan
 from ..errors import UserError
+from ..pixels import UnsupportedPixels
 from ..provenance import code_version, sha256_file, write_json_atomic
+
+
+# a sample whose meta has "<label>_missing" (the reason) has that label stored as None: counted
+MISSING = "_missing"
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,31 @@ class _Planned:
         return hashlib.sha256("\n".join(i.key for i in self.items).encode()).hexdigest()[:16]
 
 
-def plan_shards(scan: Scan, settings: ShardSettings) -> list[_Planned]:
-    seen: dict[str, str] = {}
+def drop_duplicates(scan: Scan) -> None:
+    """Keep one item per sample key; every other becomes a `duplicate` reject (in place).
+
+    A row listed twice, or two paths that map to the same key, would otherwise be two samples
+    under one key (webdataset keeps neither reliably). The first listed is kept, except that an
+    item of a held-out split wins over one elsewhere: the evaluation set stays whole and its
+    face cannot reach pretraining through the copy.
+    """
+    kept: dict[str, Item] = {}
     for item in scan.items:
-        if item.key in seen:
-            raise UserError(f"{scan.source}: '{item.path}' and '{seen[item.key]}' map to the same sample key {item.key}")
-        seen[item.key] = item.path
+        first = kept.setdefault(item.key, item)
+        if first is item:
+            continue
+        held = item.split in scan.holdout_splits and first.split not in scan.holdout_splits
+        keep, drop = (item, first) if held else (first, item)
+        kept[item.key] = keep
+        same = "listed again" if drop.path == keep.path else f"same sample key {drop.key} as '{keep.path}'"
+        scan.rejects.append(Reject(drop.path, drop.split, "duplicate",
+                                   f"{drop.origin or drop.path}: {same}; kept {keep.origin or keep.path} ({keep.split})"))
+    scan.items = [item for item in scan.items if kept[item.key] is item]
+
+
+def plan_shards(scan: Scan, settings: ShardSettings) -> list[_Planned]:
+    drop_duplicates(scan)
+    for item in scan.items:
         # stored in every sample, so a stream can refuse held-out faces even without a manifest
         item.meta["holdout"] = item.split in scan.holdout_splits
     planned = []
@@ -112,6 +136,8 @@ def encode_item(item: Item, settings: ShardSettings) -> tuple[Item, dict | None,
         return item, None, Reject(item.path, item.split, "unreadable-image", str(err))
     try:
         jpg, square, orig = crop_face(data, item.box, settings.margin, settings.size, settings.quality)
+    except UnsupportedPixels as err:
+        return item, None, Reject(item.path, item.split, "unsupported-pixels", str(err))
     except Exception as err:  # noqa: BLE001 - any decoder failure means this one image is unusable
         return item, None, Reject(item.path, item.split, "unreadable-image", f"{type(err).__name__}: {err}")
     meta = {"key": item.key, "source": item.key.split("-", 1)[0], "split": item.split, "path": item.path,
@@ -132,7 +158,7 @@ def _read_image_bytes(item: Item) -> tuple[bytes, dict]:
 
 def _write_shard(out: Path, shard: _Planned, results, bar) -> dict:
     partial_path = out / f".{shard.name}.partial"
-    rejects, samples, classes = [], 0, Counter()
+    rejects, samples, classes, missing = [], 0, Counter(), Counter()
     with open(partial_path, "wb") as f:
         with wds.TarWriter(f, encoder=False, mtime=0) as tar:
             for item, sample, reject in results:
@@ -143,6 +169,7 @@ def _write_shard(out: Path, shard: _Planned, results, bar) -> dict:
                     samples += 1
                     if "cls" in sample:
                         classes[int(sample["cls"])] += 1
+                    missing.update(k.removesuffix(MISSING) for k in item.meta if k.endswith(MISSING))
                 bar.update(1)
         f.flush()
         os.fsync(f.fileno())
@@ -151,6 +178,8 @@ def _write_shard(out: Path, shard: _Planned, results, bar) -> dict:
              "sha256": sha256_file(out / shard.name), "plan": shard.digest, "rejects": rejects}
     if classes:  # lets an exact stream plan a class subset (7 of 8 expressions) without reading
         entry["classes"] = {str(c): n for c, n in sorted(classes.items())}
+    if missing:
+        entry["missing_labels"] = dict(sorted(missing.items()))
     return entry
 
 
@@ -197,6 +226,10 @@ def _fill(manifest: dict, planned: list[_Planned], entries: dict[str, dict], sca
     counts = Counter(r.reason for r in scan.rejects)
     counts.update(r["reason"] for e in entries.values() for r in e["rejects"])
     manifest["rejects"] = {"counts": dict(sorted(counts.items())), "file": "rejects.csv"}
+    missing = Counter()
+    for entry in entries.values():
+        missing.update(entry.get("missing_labels", {}))
+    manifest["missing_labels"] = dict(sorted(missing.items()))
     manifest["complete"] = complete
 
 

@@ -18,7 +18,6 @@ same RNG in the same order, but leaves decoding (or only the crop, resize and fl
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import json
 import math
@@ -32,6 +31,7 @@ from PIL import Image
 from timm.data import rand_augment_transform
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from ..pixels import open_rgb
 from .reading import PLACEHOLDER
 
 KINDS = ("mae", "finetune", "resize", "eval", "none")
@@ -81,10 +81,11 @@ def random_resized_crop(width: int, height: int, scale, ratio, rng: random.Rando
 
 def decode_image(data: bytes) -> torch.Tensor:
     """Encoded bytes -> uint8 (3, H, W). JPEGs through torchvision's libjpeg-turbo decoder (a
-    third faster than PIL's, same pixels), anything else through PIL."""
+    third faster than PIL's, same pixels; face-shards crops are stored upright, without EXIF
+    orientation), anything else through shared.pixels (any mode to 8-bit RGB)."""
     if data[:2] == b"\xff\xd8":
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+    return torch.from_numpy(np.array(open_rgb(data))).permute(2, 0, 1)
 
 
 def draw_geometry(width: int, height: int, aug: Augment, rng: random.Random) -> tuple[tuple[int, int, int, int], bool]:

@@ -118,13 +118,18 @@ class Checkpointer:
         own = path / f"rank_{self.acc.process_index}.json"
         return json.loads((own if own.is_file() else path / "rank_0.json").read_text())
 
-    def restore(self, resume: str | None, data) -> tuple[int, Path | None]:
+    def restore(self, resume: str | None, data, config: dict[str, Any] | None = None,
+                same: tuple[str, ...] = ()) -> tuple[int, Path | None]:
         """Resume a run: model, optimizer, RNG and `data`'s position from the state `resume`
         names ("auto": the newest, if any). Returns (step to start from, state used).
 
         A state saved by another number of processes resumes when `data` can take the
         positions every process saved (`data.load_saved_states`: exact streams) and the
-        model and optimizer states are whole (DDP, not FSDP shards); else one UserError."""
+        model and optimizer states are whole (DDP, not FSDP shards); else one UserError.
+        `same` names the dotted config keys that decide which samples each step reads (batch
+        size, seed, ...; each stage lists its own): a value in `config` that differs from the
+        state's own config.yaml is refused with a UserError naming the key, since the saved
+        position would then replay or skip data without a word."""
         if self.acc.is_main_process:
             self._remove_partials()
         path = self.resolve(resume)
@@ -132,6 +137,8 @@ class Checkpointer:
             if resume == "auto":
                 log.info("no training state in %s yet: starting from step 0", self.dir)
             return 0, None
+        if config is not None and same:
+            _same_data_settings(path, config, same)
         saved = json.loads((path / META).read_text())["world_size"]
         if saved != self.acc.num_processes:
             self._check_reshapable(path, saved, data)
@@ -193,6 +200,33 @@ class Checkpointer:
         shutil.rmtree(doomed, ignore_errors=True)
         os.replace(state, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _same_data_settings(state: Path, config: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """UserError on the first key in `keys` whose value differs between `config` and the
+    state's config.yaml (a state without one is from before this check: nothing to compare)."""
+    saved_file = state / "config.yaml"
+    if not saved_file.is_file():
+        log.warning("%s has no config.yaml: cannot check that the data settings match", state)
+        return
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    for key in keys:
+        old, new = (_plain(_lookup(c, key)) for c in (saved, config))
+        if old != new:
+            raise UserError(f"--resume {state}: {key} is {new!r} now but {old!r} in that state; it decides which "
+                            f"samples each step reads, so resuming with another value would replay or skip data "
+                            f"without a word: resume with {key}={json.dumps(old)}, or start a new run in another run.output_dir")
+
+
+def _lookup(config: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def _plain(value: Any) -> Any:
+    """As YAML stores it (tuples become lists), so a saved and a live value compare alike."""
+    return yaml.safe_load(yaml.safe_dump(value))
 
 
 def _fsync(path: Path) -> None:

@@ -184,10 +184,13 @@ def train(acc, model, optimizer, data, loss_fn: Callable[[Any, dict, int], tuple
 
 
 def health(acc, guard: NonFiniteGuard, data) -> dict[str, float]:
-    """Per log line: steps skipped as non-finite since the last one and, for data that counts
-    them, the unreadable samples skipped so far (summed over ranks)."""
+    """Per log line: steps skipped as non-finite since the last one, the peak GPU memory (GiB)
+    on CUDA and, for data that counts them, the unreadable samples skipped so far (summed over
+    ranks)."""
     out = {"nonfinite_steps": float(guard.skipped)}
     guard.skipped = 0
+    if acc.device.type == "cuda":  # this process's high-water mark since the run started
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
     if hasattr(data, "errors"):
         errors = torch.tensor([float(data.errors)], device=acc.device)
         out["skipped_samples"] = (acc.reduce(errors, reduction="sum") if acc.num_processes > 1 else errors).item()

@@ -1,6 +1,9 @@
 """AffectNet: `Manually_Annotated_Images/<int>/<name>.jpg` and two list files.
 
-`Manually_Annotated_file_lists/training.csv` has a header row; `validation.csv` often does not.
+The official archive extracts the images one level down, as
+`Manually_Annotated/Manually_Annotated_Images/`, beside `Manually_Annotated_file_lists/`: both
+places are looked in (for the lists too). `training.csv` has a header row; `validation.csv`
+often does not.
 Columns: subDirectory_filePath, face_x, face_y, face_width, face_height, facial_landmarks
 (136 floats joined by ';'), expression, valence, arousal. Face boxes may be NaN (then the whole
 image is used), valence/arousal -2 marks an invalid value. Expression 10 (No-Face) is never
@@ -8,12 +11,12 @@ written. The validation split is the field's test set: it is held out of pretrai
 """
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
-from ..items import Item, Reject, Scan, require_dir, require_file, sample_key
+from ..items import Item, Reject, Scan, find_dir, require_file, sample_key
 from ...errors import UserError
+from ...tables import csv_rows, is_header
 
 SOURCE = "affectnet"
 COLUMNS = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
@@ -27,8 +30,8 @@ LISTS = {"train": "training.csv", "val": "validation.csv"}
 
 def scan(root: Path) -> Scan:
     root = Path(root)
-    images = require_dir(root / "Manually_Annotated_Images", "AffectNet's image folder Manually_Annotated_Images/<int>/<name>.jpg")
-    lists = root / "Manually_Annotated_file_lists"
+    images = find_dir(root, "Manually_Annotated_Images", "AffectNet's image folder Manually_Annotated_Images/<int>/<name>.jpg")
+    lists = find_dir(root, "Manually_Annotated_file_lists", "AffectNet's list folder with training.csv and validation.csv")
     items, rejects, list_files = [], [], []
     for split, name in LISTS.items():
         path = require_file(lists / name, f"AffectNet's list file with columns {','.join(COLUMNS)}")
@@ -42,17 +45,17 @@ def scan(root: Path) -> Scan:
 
 
 def _parse_list(path: Path, split: str, images: Path):
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        rows = [(reader.line_num, row) for row in reader]
-    if rows and rows[0][1] and rows[0][1][0].strip() == COLUMNS[0]:
-        header = [c.strip() for c in rows[0][1]]
-        if header[: len(COLUMNS)] != COLUMNS:
+    rows = csv_rows(path, _FORMAT)  # BOM, CRLF, trailing spaces: shared.tables
+    if rows and is_header(rows[0][1], COLUMNS[0]):
+        header = rows[0][1]
+        if [c.lower() for c in header[: len(COLUMNS)]] != [c.lower() for c in COLUMNS]:
             raise UserError(f"{path} line {rows[0][0]}: header {','.join(header)!r} does not match AffectNet's "
                             f"columns; expected {_FORMAT}")
         rows = rows[1:]
-    rows = [(line, r) for line, r in rows if any(c.strip() for c in r)]
     parsed = [_parse_row(r, split, images, line) for line, r in rows]
+    for (line, _), (item, _) in zip(rows, parsed):
+        if item is not None:
+            item.origin = f"{path.name} line {line}"
     if rows and all(item is None for item, _ in parsed):  # not one usable row: the wrong file or format
         line, row = rows[0]
         raise UserError(f"{path}: no row has AffectNet's {len(COLUMNS)} columns; line {line} has {len(row)}"
@@ -72,7 +75,7 @@ def _separator_hint(row: list[str]) -> str:
 
 
 def _parse_row(row: list[str], split: str, images: Path, line: int = 0):
-    relpath = row[0].strip() if row else ""
+    relpath = row[0] if row else ""
     if len(row) != len(COLUMNS):
         return None, Reject(relpath, split, "bad-row", f"line {line}: {len(row)} columns, expected {len(COLUMNS)}")
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import recordio
-from ..items import Item, Scan, require_dir, require_file, sample_key
+from ..items import Item, Reject, Scan, require_dir, require_file, sample_key
 from ...errors import UserError
 
 SOURCE = "casia_webface"
@@ -45,7 +45,7 @@ def _scan_recordio(root: Path) -> Scan:
     rec = require_file(root / "train.rec", "insightface RecordIO pack train.rec beside train.idx")
     idx = require_file(root / "train.idx", "insightface RecordIO index train.idx (lines 'key<TAB>offset')")
     try:
-        index = recordio.read_index(idx)
+        index, repeated = recordio.read_index(idx)
         keys = recordio.image_keys(rec, index)
     except recordio.RecordIOError as err:
         raise UserError(f"{err}") from None
@@ -56,4 +56,5 @@ def _scan_recordio(root: Path) -> Scan:
         items.append(Item(f"{SOURCE}-rec_{key}", "train", relpath, str(rec), offset=index[key]))
     if not items:
         raise UserError(f"{rec}: no image records found")
-    return Scan(SOURCE, root, items, [], [idx])
+    rejects = [Reject(f"train.rec#{key}", "train", "duplicate", note) for key, note in repeated]
+    return Scan(SOURCE, root, items, rejects, [idx])

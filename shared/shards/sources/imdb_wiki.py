@@ -4,6 +4,14 @@ Each .mat holds one struct; `loadmat(p)[db][0, 0][field][0]` is a per-image arra
 fields full_path, dob (Matlab datenum), photo_taken, gender, face_location ([x1, y1, x2, y2]),
 face_score (-inf where no face) and second_face_score (NaN where none). The usual filter keeps
 faces with face_score >= 1 and no second face; the rest are rejected as "filtered".
+
+Ages follow the dataset's own convention: photo_taken is only a year, and the authors take the
+photo to be from 1 July of it (their `datevec(datenum(photo_taken, 7, 1) - dob)`), so the age
+is the person's age on that day: photo_taken - birth year, one less when born after 1 July.
+Common loaders (yu4u/age-gender-estimation's calc_age) subtract one for every birth in July or
+later, which differs only for a birth on 1 July itself. An age outside 0..MAX_AGE (a birth
+after the photo, a datenum of year 0) is impossible: it is stored as missing (None), the face
+kept, and counted in the manifest's `missing_labels`.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ SOURCE = "imdb_wiki"
 PARTS = ("imdb", "wiki")
 FIELDS = ("full_path", "dob", "photo_taken", "gender", "face_location", "face_score", "second_face_score")
 MIN_FACE_SCORE = 1.0
+MAX_AGE = 100  # as the common loaders' filter (0 <= age <= 100)
 
 
 def datenum_to_date(datenum: float) -> dt.date | None:
@@ -31,6 +40,14 @@ def datenum_to_date(datenum: float) -> dt.date | None:
         return dt.date.fromordinal(int(datenum) - 366)
     except (ValueError, OverflowError):
         return None
+
+
+def age_on_photo(born: dt.date | None, photo_taken: int) -> int | None:
+    """Age on 1 July of the photo year (the dataset's convention); None when impossible."""
+    if born is None:
+        return None
+    age = photo_taken - born.year - ((born.month, born.day) > (7, 1))
+    return age if 0 <= age <= MAX_AGE else None
 
 
 def scan(root: Path, parts: tuple[str, ...] = PARTS) -> Scan:
@@ -81,13 +98,16 @@ def _scan_part(part: str, mat: Path, folder: Path, root: Path):
             "part": part,
             "dob": born.isoformat() if born else None,
             "photo_taken": taken,
-            "age": taken - born.year if born else None,
+            "age": age_on_photo(born, taken),
             "gender": None if math.isnan(gender) else int(gender),
         }
         if fields["name"] is not None:
             meta["name"] = _text(fields["name"][i])
+        if meta["age"] is None:  # the face is kept; the label is missing, and counted
+            meta["age_missing"] = (f"birth {meta['dob']}, photo {taken}: impossible age" if born else
+                                   f"dob {float(fields['dob'][i])!r} is not a date")
         yield Item(sample_key(SOURCE, relpath), "train", relpath, str(root / relpath),
-                   box=(x1, y1, x2 - x1, y2 - y1), meta=meta), None
+                   box=(x1, y1, x2 - x1, y2 - y1), meta=meta, origin=f"{mat.name} entry {i + 1}"), None
 
 
 def _text(cell) -> str:

@@ -10,14 +10,18 @@ plus one garbage `.jpg` in the first identity's folder ("unreadable-image") and 
 RecordIO form (insightface `faces_webface_112x112`)::
 
     train.rec   records: uint32 magic 0xced7230a, uint32 (cflag << 29) | length,
-                payload, zero padding to 4 bytes
+                payload, zero padding to 4 bytes; a payload holding the magic word at a
+                4-byte-aligned offset is cut there into parts (cflag 1, 2, 3), as MXNet's
+                writer (dmlc-core RecordIOWriter::WriteRecord) does
     train.idx   "key\\toffset\\n" per record, offset of the record's magic
     property    "<n_ids>,112,112"
 
 Payloads start with struct '<IfQQ' (flag, label, id, id2), then `flag` float32 labels.
 Record 0: flag 2, labels [N + 1, N + 1 + n_ids]; keys 1..N: images (flag 0, label = identity
 index); keys N + 1 .. N + n_ids: one per identity, flag 2, labels [first key, end key) and no
-image. The last image of identity 0 has a garbage JPEG ("unreadable-image").
+image. The last image of identity 0 has a garbage JPEG ("unreadable-image"). The first two
+images of identity 1 carry the magic word in a JPEG comment: one once (a record of two parts),
+one twice (three parts); both are good faces.
 """
 
 from __future__ import annotations
@@ -72,9 +76,24 @@ def _payload(flag: int, label: float, key: int, extra: tuple[float, ...] = (),
 
 
 def _record(payload: bytes) -> bytes:
-    """Frame one payload as a complete (cflag 0) RecordIO record."""
-    padding = b"\0" * (-len(payload) % 4)
-    return struct.pack("<II", RECORD_MAGIC, len(payload)) + payload + padding
+    """Frame one payload as dmlc-core's RecordIOWriter does: cut at every 4-byte-aligned magic
+    word (which is dropped), parts flagged 1 (first), 2 (middle), 3 (last); 0 when whole."""
+    magic = struct.pack("<I", RECORD_MAGIC)
+    cuts = [i for i in range(0, len(payload) - len(payload) % 4, 4) if payload[i:i + 4] == magic]
+    starts, out = [0] + [i + 4 for i in cuts], []
+    for n, (start, end) in enumerate(zip(starts, cuts + [len(payload)])):
+        cflag = 0 if not cuts else 1 if n == 0 else 3 if n == len(cuts) else 2
+        out.append(struct.pack("<II", RECORD_MAGIC, (cflag << 29) | (end - start)) + payload[start:end])
+    return b"".join(out) + b"\0" * (-len(payload) % 4)
+
+
+def _with_magic(jpeg: bytes, times: int) -> bytes:
+    """The JPEG with a comment segment that puts the RecordIO magic word `times` times at
+    4-byte-aligned payload offsets (the payload starts with the 24-byte header; the comment's
+    text starts 6 bytes into the JPEG, so 2 bytes of padding align it)."""
+    magic = struct.pack("<I", RECORD_MAGIC)
+    text = b"\0\0" + b"abcd".join([magic] * times) + b"\0\0"
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + jpeg[2:]
 
 
 def _image_payloads(rng: np.random.Generator, planted: Planted, n_ids: int,
@@ -94,6 +113,8 @@ def _image_payloads(rng: np.random.Generator, planted: Planted, n_ids: int,
                 planted.reject("unreadable-image", rec_key)
             else:
                 image = face_jpeg(rng, REC_SIZE, box, skin)
+                if identity == 1 and index < 2:  # split into 2 and 3 parts by the writer
+                    image = _with_magic(image, times=index + 1)
                 planted.accept(rec_key, "train", box=None, skin=skin, identity=identity)
             payloads.append(_payload(0, float(identity), key, image=image))
         ranges.append((first, len(payloads) + 1))

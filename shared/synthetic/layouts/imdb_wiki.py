@@ -125,8 +125,9 @@ def _entry(rng: np.random.Generator, planted: Planted, db: str, person: dict,
     elif kind in ("unreadable-image", "missing-image"):
         planted.reject(kind, key)
     else:
-        planted.accept(key, "train", box=box, skin=skin, dob=person["dob"].isoformat(),
-                       photo_taken=taken, age=taken - person["dob"].year,
+        born = person["dob"]  # the dataset's age: on 1 July of the photo year
+        planted.accept(key, "train", box=box, skin=skin, dob=born.isoformat(),
+                       photo_taken=taken, age=taken - born.year - (1 if (born.month, born.day) > (7, 1) else 0),
                        gender=None if np.isnan(gender) else gender, name=person["name"])
     return {"dob": matlab_datenum(person["dob"], fraction), "photo_taken": taken,
             "full_path": path, "gender": gender, "name": person["name"],
@@ -176,8 +177,8 @@ def write_imdb_wiki(root: Path, seed: int = 0, n_imdb: int = 20, n_wiki: int = 1
     """Write tiny `imdb_crop` and `wiki_crop` trees under `root`; split "train".
 
     Keys are relative to `root` (`imdb_crop/01/nm...jpg`); faces[key] carries "box" (the
-    face_location as x, y, w, h), "dob" (ISO date), "photo_taken", "age" (photo_taken minus
-    birth year), "gender" (0.0 / 1.0 / None) and "name".
+    face_location as x, y, w, h), "dob" (ISO date), "photo_taken", "age" (on 1 July of the
+    photo year, the dataset's convention), "gender" (0.0 / 1.0 / None) and "name".
     """
     root = Path(root)
     rng = dataset_rng(seed, "imdb-wiki")
