@@ -4,6 +4,8 @@ r"""`face-shards`: convert a raw face dataset into webdataset shards, or find le
     face-shards casia-webface  /data/CASIA-WebFace  --out shards/casia      (folders or train.rec)
     face-shards celeba         /data/CelebA         --out shards/celeba
     face-shards imdb-wiki      /data/IMDB-WIKI      --out shards/imdb_wiki
+    face-shards hf             PATH_OR_REPO --image-column image [--label-column label --label-map ...] \
+        [--split train,test] --out shards/NAME     (any image dataset Hugging Face datasets loads)
     face-shards leakage --holdout shards/affectnet --against shards/celeba shards/casia ... \
         --out shards/exclusions.txt
 """
@@ -14,7 +16,7 @@ import os
 from pathlib import Path
 
 from . import leakage
-from .sources import SOURCES
+from .sources import SOURCES, hf
 from .writer import ShardSettings, build_shards
 from ..errors import UserError, run_cli
 
@@ -24,26 +26,33 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     defaults = ShardSettings()
-    for name, module in SOURCES.items():
+    for name, module in {**SOURCES, "hf": hf}.items():
         p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0],
                            description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("root", type=Path, help="the dataset folder, as published")
-        p.add_argument("--out", type=Path, required=True, help="folder for the shards and manifest.json")
-        p.add_argument("--size", type=int, default=defaults.size, help="side of the square crop (default %(default)s)")
-        p.add_argument("--margin", type=float, default=defaults.margin,
-                       help="margin around the face box, fraction of its longer side per edge (default %(default)s)")
-        p.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality (default %(default)s)")
-        p.add_argument("--shard-size", type=int, default=defaults.shard_size, help="images per shard (default %(default)s)")
-        p.add_argument("--seed", type=int, default=defaults.seed, help="shuffle seed (default %(default)s)")
-        p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
-        p.add_argument("--overwrite", action="store_true", help="rewrite every shard instead of resuming")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name == "hf":
+            hf.add_arguments(p)
+        else:
+            p.add_argument("root", type=Path, help="the dataset folder, as published")
+        _add_shard_arguments(p, defaults)
         if name == "imdb-wiki":
             p.add_argument("--parts", default="imdb,wiki", help="which of imdb,wiki to convert (default %(default)s)")
     leakage.add_arguments(sub.add_parser("leakage", help=leakage.__doc__.strip().splitlines()[0],
                                          description=leakage.__doc__,
                                          formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
+
+
+def _add_shard_arguments(p: argparse.ArgumentParser, defaults: ShardSettings) -> None:
+    p.add_argument("--out", type=Path, required=True, help="folder for the shards and manifest.json")
+    p.add_argument("--size", type=int, default=defaults.size, help="side of the square crop (default %(default)s)")
+    p.add_argument("--margin", type=float, default=defaults.margin,
+                   help="margin around the face box, fraction of its longer side per edge (default %(default)s)")
+    p.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality (default %(default)s)")
+    p.add_argument("--shard-size", type=int, default=defaults.shard_size, help="images per shard (default %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="shuffle seed (default %(default)s)")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite every shard instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,10 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (16 <= settings.size <= 4096 and 0 <= settings.margin <= 2 and 1 <= settings.quality <= 100
             and settings.shard_size >= 1):
         raise UserError(f"settings out of range: {settings}")
-    if not args.root.exists():
+    if args.command == "hf":
+        scan = hf.scan_args(args)
+    elif not args.root.exists():
         raise UserError(f"{args.root}: no such folder")
-    kwargs = {"parts": tuple(p.strip() for p in args.parts.split(","))} if args.command == "imdb-wiki" else {}
-    scan = SOURCES[args.command].scan(args.root, **kwargs)
+    else:
+        kwargs = {"parts": tuple(p.strip() for p in args.parts.split(","))} if args.command == "imdb-wiki" else {}
+        scan = SOURCES[args.command].scan(args.root, **kwargs)
     manifest = build_shards(scan, args.out, settings, workers=args.workers, overwrite=args.overwrite,
                             progress=not args.no_progress)
     _summary(manifest, args.out)

@@ -25,7 +25,8 @@ class Item:
     split: str
     path: str
     file: str  # the file holding the image bytes
-    offset: int | None = None  # byte offset of a RecordIO record inside `file`
+    offset: int | None = None  # byte offset of a RecordIO record inside `file`; with `column`, the row
+    column: str | None = None  # image column of a Hugging Face Arrow `file` (sources.hf)
     box: tuple[float, float, float, float] | None = None  # x, y, w, h in image pixels
     meta: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # where the dataset lists it ("training.csv line 12"), for reject details
@@ -54,6 +55,7 @@ class Scan:
     rejects: list[Reject]
     list_files: list[Path]  # hashed into the manifest
     holdout_splits: set[str] = field(default_factory=set)  # never selectable for pretraining
+    info: dict[str, Any] = field(default_factory=dict)  # how the dataset was read (manifest "dataset")
 
 
 def require_file(path: Path, what: str) -> Path:

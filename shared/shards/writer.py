@@ -130,8 +130,9 @@ def encode_item(item: Item, settings: ShardSettings) -> tuple[Item, dict | None,
     """Crop one face to JPEG; a missing or unreadable image becomes a Reject."""
     try:
         data, extra = _read_image_bytes(item)
-    except FileNotFoundError:
-        return item, None, Reject(item.path, item.split, "missing-image", "file not found")
+    except FileNotFoundError as err:  # the OS's has (errno, text); a reader's own has one argument, the reason
+        detail = err.args[0] if len(err.args) == 1 else "file not found"
+        return item, None, Reject(item.path, item.split, "missing-image", detail)
     except (OSError, recordio.RecordIOError) as err:
         return item, None, Reject(item.path, item.split, "unreadable-image", str(err))
     try:
@@ -144,12 +145,15 @@ def encode_item(item: Item, settings: ShardSettings) -> tuple[Item, dict | None,
             "crop_box": square, "orig_size": orig, "box": list(item.box) if item.box else None,
             **item.meta, **extra}
     sample = {"__key__": item.key, "jpg": jpg, "json": json.dumps(meta).encode()}
-    if "expression" in meta:
+    if meta.get("expression") is not None:  # a missing expression (None) has no class code
         sample["cls"] = str(meta["expression"]).encode()
     return item, sample, None
 
 
 def _read_image_bytes(item: Item) -> tuple[bytes, dict]:
+    if item.column is not None:
+        from .sources import hf  # imports datasets: only for its items
+        return hf.read_image(item)
     if item.offset is None:
         return Path(item.file).read_bytes(), {}
     record = recordio.read_record(item.file, item.offset)
@@ -191,6 +195,11 @@ def _reusable_shards(out: Path, scan: Scan, settings: ShardSettings, planned: li
     if old.get("source") != scan.source or old.get("settings") != asdict(settings):
         raise UserError(f"{out}: holds {old.get('source')} shards made with settings {old.get('settings')}, "
                         f"not {asdict(settings)}; choose another --out or pass --overwrite")
+    read = old.get("dataset", {})
+    if read != scan.info:  # another label map, column, held-out split or dataset version: other samples
+        changed = sorted(k for k in {**read, **scan.info} if read.get(k) != scan.info.get(k))
+        raise UserError(f"{out}: holds {old.get('source')} shards read with another {', '.join(changed)}; "
+                        "choose another --out or pass --overwrite")
     by_name = {e["name"]: e for split in old["splits"].values() for e in split["shards"]}
     reusable = {}
     for shard in planned:
@@ -203,7 +212,7 @@ def _reusable_shards(out: Path, scan: Scan, settings: ShardSettings, planned: li
 
 
 def _new_manifest(scan: Scan, settings: ShardSettings) -> dict:
-    return {
+    manifest = {
         "format": mf.FORMAT,
         "source": scan.source,
         "settings": asdict(settings),
@@ -212,6 +221,9 @@ def _new_manifest(scan: Scan, settings: ShardSettings) -> dict:
         "inputs": {str(p.relative_to(scan.root)) if p.is_relative_to(scan.root) else str(p): sha256_file(p)
                    for p in scan.list_files},
     }
+    if scan.info:
+        manifest["dataset"] = scan.info
+    return manifest
 
 
 def _fill(manifest: dict, planned: list[_Planned], entries: dict[str, dict], scan: Scan, complete: bool) -> None:

@@ -1,0 +1,240 @@
+"""Hugging Face datasets: any image dataset `datasets` loads, as face shards.
+
+    face-shards hf /data/fer2013_saved --label-column label --label-map angry=anger,... --out shards/fer
+    face-shards hf /data/affectnet.parquet --image-column image --out shards/affectnet_hf
+    face-shards hf Org/dataset --split train,test --out shards/org      (a Hub repo id, online)
+
+PATH_OR_REPO is a `save_to_disk` folder (read with `load_from_disk`), a .parquet or .arrow
+file, a folder `load_dataset` reads (parquet files named by split, an imagefolder), or a Hub
+repo id. The image column may be an `Image` feature or raw bytes or paths (cast to
+`Image(decode=False)`, so every image is decoded here, one at a time: an undecodable one is a
+reject, not a crash). Images are read from the Arrow files `datasets` keeps (memory-mapped), by
+row, in every worker.
+
+The face: most expression datasets on the Hub (FER-style, AffectNet-style repacks) are already
+face crops, so without `--box-column` the whole image is the face, as for CASIA-WebFace and
+aligned CelebA: the centred square of the shorter side, resized; `--margin` does not apply
+(the dataset's own framing is kept). `--box-column` names a column of [x, y, width, height]
+in displayed pixels (AffectNet's convention; null or NaN: the whole image), and then the
+margin is added as for AffectNet.
+
+Sample keys are `<name>-<split>_<row>`; splits named test, validation, valid, val, eval or dev
+are held out of pretraining unless `--holdout` says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from .hf_labels import Labeller, parse_label_map
+from ..items import Item, Reject, Scan, sample_key
+from ...errors import UserError
+
+HOLDOUT_NAMES = ("test", "validation", "valid", "val", "eval", "dev")
+FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
+TABLE_SUFFIXES = (".parquet", ".arrow", ".csv", ".json", ".jsonl")  # hashed into the manifest
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", metavar="PATH_OR_REPO",
+                   help="a save_to_disk folder, a .parquet / .arrow file, a folder load_dataset reads, or a Hub repo id")
+    p.add_argument("--image-column", default="image", help="column holding the images (default %(default)s)")
+    p.add_argument("--label-column", help="column holding the labels (stored as label / label_name)")
+    p.add_argument("--label-map", help="dataset label -> AffectNet expression, e.g. 'angry=anger,happy=1' "
+                                       "(stored as expression and .cls, as AffectNet's shards)")
+    p.add_argument("--box-column", help="column with one face box [x, y, width, height] per row "
+                                        "(default: the image is the face)")
+    p.add_argument("--split", help="comma-separated splits to convert (default: all)")
+    p.add_argument("--holdout", help=f"comma-separated splits held out of pretraining, or 'none' "
+                                     f"(default: those named {', '.join(HOLDOUT_NAMES)})")
+    p.add_argument("--name", help="source name, the sample keys' prefix (default: from PATH_OR_REPO)")
+    p.add_argument("--cache-dir", help="datasets' cache folder for parquet files and Hub downloads "
+                                       "(default: datasets' own, HF_DATASETS_CACHE)")
+
+
+def scan_args(args: argparse.Namespace) -> Scan:
+    """`scan` with the command line's options."""
+    if args.label_map and not args.label_column:
+        raise UserError("--label-map needs --label-column (the column whose labels it maps)")
+    if args.no_progress:
+        import datasets
+        datasets.disable_progress_bars()
+    return scan(args.root, image_column=args.image_column, label_column=args.label_column,
+                label_map=parse_label_map(args.label_map) if args.label_map else None,
+                box_column=args.box_column, splits=_names(args.split), holdout=_names(args.holdout),
+                name=args.name, cache_dir=args.cache_dir)
+
+
+def scan(location: str, image_column: str = "image", label_column: str | None = None,
+         label_map: dict[str, int] | None = None, box_column: str | None = None,
+         splits: list[str] | None = None, holdout: list[str] | None = None,
+         name: str | None = None, cache_dir: str | None = None) -> Scan:
+    """Load the dataset and list one Item per row of the chosen splits (Rejects for bad rows).
+
+    Raises UserError when it cannot be loaded, a split or column does not exist, the image
+    column cannot be images, or the label map names none of its labels.
+    """
+    loaded, root, list_files = load(str(location), cache_dir)
+    available = list(loaded)
+    chosen = splits or available
+    unknown = [s for s in chosen if s not in loaded]
+    if unknown:
+        raise UserError(f"{location}: no split {', '.join(unknown)}; available: {', '.join(available)}")
+    source = _source_name(name, str(location))
+    held = set(chosen) & set(HOLDOUT_NAMES) if holdout is None else {s for s in holdout if s != "none"}
+    items, rejects, fingerprints = [], [], {}
+    labeller = None
+    for split in chosen:
+        ds = loaded[split]
+        _check_columns(ds, split, str(location), image_column, label_column, box_column)
+        if label_column:
+            feature = ds.features[label_column]
+            labeller = labeller or Labeller(label_column, getattr(feature, "names", None), label_map)
+        fingerprints[split] = getattr(ds, "_fingerprint", None)
+        for item, reject in _rows(ds, split, source, image_column, box_column, labeller, str(location)):
+            (items if item is not None else rejects).append(item if item is not None else reject)
+    if labeller is not None:
+        labeller.check(str(location))
+    info = {"location": str(location), "splits": chosen, "image_column": image_column, "label_column": label_column,
+            "label_map": label_map, "box_column": box_column, "holdout": sorted(held), "fingerprints": fingerprints}
+    return Scan(source, root, items, rejects, list_files, holdout_splits=held, info=info)
+
+
+def load(location: str, cache_dir: str | None):
+    """(split name -> Dataset, root for the manifest, files to hash) for PATH_OR_REPO."""
+    import datasets
+    from datasets.exceptions import DatasetsError
+
+    path = Path(location)
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            loaded = datasets.load_from_disk(str(path))
+            files = sorted(path.glob("*.json")) + sorted(path.glob("*/*.json"))
+        elif path.is_file():
+            builder = FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise UserError(f"{path}: not a {' or '.join(FILE_BUILDERS)} file; give a save_to_disk folder, "
+                                "a .parquet / .arrow file, a folder load_dataset reads or a Hub repo id")
+            loaded = datasets.load_dataset(builder, data_files=str(path), cache_dir=cache_dir)
+            files = [path]
+        elif path.is_dir():
+            loaded = datasets.load_dataset(str(path), cache_dir=cache_dir)
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES)
+        elif _REPO_ID.match(location) and not location.startswith("."):
+            loaded = datasets.load_dataset(location, cache_dir=cache_dir)
+            files = []
+        else:
+            raise UserError(f"{location}: no such file or folder, and not a Hub repo id (owner/name)")
+    except (DatasetsError, OSError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{location}: datasets cannot load it ({type(err).__name__}: {message})") from None
+    if isinstance(loaded, datasets.Dataset):
+        loaded = {str(loaded.split) if loaded.split else "train": loaded}
+    return dict(loaded), path, files
+
+
+def _check_columns(ds, split: str, location: str, *columns: str | None) -> None:
+    missing = [c for c in columns if c and c not in ds.features]
+    if missing:
+        available = ", ".join(f"{c} ({_describe(f)})" for c, f in ds.features.items())
+        raise UserError(f"{location} split {split}: no column {', '.join(map(repr, missing))}; available: {available}")
+
+
+def _describe(feature) -> str:
+    if hasattr(feature, "names"):
+        return f"ClassLabel {', '.join(feature.names[:8])}{', ...' if len(feature.names) > 8 else ''}"
+    return getattr(feature, "dtype", None) if type(feature).__name__ == "Value" else type(feature).__name__
+
+
+def _rows(ds, split: str, source: str, image_column: str, box_column: str | None, labeller, location: str):
+    """(Item, None) or (None, Reject) for every row, file by file of the split's Arrow files."""
+    files = [f["filename"] for f in ds.cache_files]
+    if not files or getattr(ds, "_indices", None) is not None:
+        raise UserError(f"{location} split {split}: not backed by Arrow files as stored (in memory, or a "
+                        "selection of rows); save it with save_to_disk and convert that folder")
+    row = 0
+    for file in files:
+        part = _image_table(file, image_column, location, split)
+        labels = part.data.column(labeller.column).to_pylist() if labeller else None
+        boxes = part.data.column(box_column).to_pylist() if box_column else None
+        for local in range(part.num_rows):
+            path = f"{split}[{row}]"
+            meta, reject = labeller(labels[local], path, split) if labeller else ({}, None)
+            box, bad = _box(boxes[local]) if boxes else (None, None)
+            reject = reject or (Reject(path, split, "bad-row", f"{box_column} {bad}") if bad else None)
+            if reject is not None:
+                yield None, reject
+            else:
+                yield Item(sample_key(source, path), split, path, file, offset=local, box=box,
+                           meta={"row": row, **meta}, origin=f"{split} row {row}", column=image_column), None
+            row += 1
+    if row != ds.num_rows:
+        raise UserError(f"{location} split {split}: its Arrow files hold {row} rows, the dataset {ds.num_rows}")
+
+
+def _image_table(file: str, column: str, location: str = "", split: str = ""):
+    """The Arrow file's image column as `Image(decode=False)`: {'bytes', 'path'} per row."""
+    from datasets import Dataset, Image
+
+    part = Dataset.from_file(file)
+    try:
+        return part.cast_column(column, Image(decode=False))
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise UserError(f"{location} split {split}: column {column!r} ({_describe(part.features[column])}) "
+                        f"cannot be images ({type(err).__name__}); an Image feature, bytes or file paths "
+                        "are expected") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _opened(file: str, column: str):
+    """Each worker process opens (memory-maps) an Arrow file once."""
+    return _image_table(file, column).select_columns([column])
+
+
+def read_image(item: Item) -> tuple[bytes, dict]:
+    """The encoded image of `item`'s row, and {'image_path': ...} when the dataset names its file.
+    Raises FileNotFoundError (one argument: the reason) for a row without an image or whose
+    image is a path that does not exist."""
+    cell = _opened(item.file, item.column)[item.offset][item.column]
+    data, path = (cell or {}).get("bytes"), (cell or {}).get("path")
+    extra = {"image_path": path} if path else {}
+    if data is not None:
+        return data, extra
+    if not path:
+        raise FileNotFoundError(f"column {item.column!r} is empty in this row")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: the image file the dataset names does not exist")
+    return Path(path).read_bytes(), extra
+
+
+def _box(value: Any) -> tuple[tuple[float, float, float, float] | None, str | None]:
+    """(box, None) with box None for a missing one; (None, why) for a malformed one."""
+    if value is None:
+        return None, None
+    try:
+        x, y, w, h = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None, f"{value!r} is not [x, y, width, height]"
+    if any(math.isnan(v) for v in (x, y, w, h)):
+        return None, None
+    if w <= 0 or h <= 0 or not all(math.isfinite(v) for v in (x, y, w, h)):
+        return None, f"{[x, y, w, h]} has no area"
+    return (x, y, w, h), None
+
+
+def _source_name(name: str | None, location: str) -> str:
+    """A key prefix without '-' or '.' (the stream splits keys there): from --name or the location."""
+    base = name or Path(location.rstrip("/")).stem
+    clean = re.sub(r"[^a-z0-9_]+", "_", base.lower()).strip("_")
+    if not clean:
+        raise UserError(f"--name {name!r}: give a source name with letters or digits")
+    return clean
+
+
+def _names(spec: str | None) -> list[str] | None:
+    return [s.strip() for s in spec.split(",") if s.strip()] if spec else None
