@@ -132,7 +132,8 @@ def load(location: str, cache_dir: str | None):
             raise UserError(f"{location}: no such file or folder, and not a Hub repo id (owner/name)")
     except (DatasetsError, OSError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{location}: datasets cannot load it ({type(err).__name__}: {message})") from None
+        what = "" if path.exists() else "not a local file or folder, and as a Hub repo id "
+        raise UserError(f"{location}: {what}datasets cannot load it ({type(err).__name__}: {message})") from None
     if isinstance(loaded, datasets.Dataset):
         loaded = {str(loaded.split) if loaded.split else "train": loaded}
     return dict(loaded), path, files
