@@ -141,6 +141,33 @@ def test_plain_parquet_with_raw_bytes_and_text_labels_through_the_command(tmp_pa
         main(args[:6] + ["--label-map", "sad=4,happy=1"] + args[8:])
 
 
+def test_an_imagefolder_of_class_folders_reads_its_files_and_lists_a_vanished_one(tmp_path):
+    """`split/<class>/*.jpg` repacks: load_dataset reads the folder names as a ClassLabel and
+    keeps the images as paths; a file gone before conversion is a missing-image reject."""
+    files = {"train/sad/a.jpg": RED, "train/happy/b.png": BLUE, "train/happy/c.jpg": RED, "test/sad/d.jpg": BLUE}
+    for name, colour in files.items():
+        (tmp_path / "faces" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (36, 30), colour).save(tmp_path / "faces" / name)
+    scan = hf.scan(str(tmp_path / "faces"), label_column="label", label_map=parse_label_map("sad=2,happy=1"),
+                   cache_dir=str(tmp_path / "cache"))
+    assert scan.holdout_splits == {"test"} and len(scan.items) == 4
+    (tmp_path / "faces" / "train/happy/c.jpg").unlink()
+    manifest = build_shards(scan, tmp_path / "out", SETTINGS, workers=1, progress=False)
+    assert manifest["rejects"]["counts"] == {"missing-image": 1}
+    samples = {s["meta"]["image_path"].split("faces/")[-1]: s for s in read_samples(tmp_path / "out").values()}
+    assert set(samples) == set(files) - {"train/happy/c.jpg"}
+    for name, sample in samples.items():
+        assert sample["cls"] == (2 if "/sad/" in name else 1) and sample["meta"]["label_name"] in name
+        assert np.abs(centre_rgb(sample["jpg"]) - files[name]).max() <= 12
+
+
+def test_held_out_splits_by_name_or_as_asked(converted):
+    saved = str(converted["save_to_disk"][0].parent / "saved")
+    assert hf.scan(saved).holdout_splits == {"test"}
+    assert hf.scan(saved, holdout=["train"]).holdout_splits == {"train"}
+    assert hf.scan(saved, holdout=["none"]).holdout_splits == set()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--image-column", "img"], "split train: no column 'img'; available: image (Image), label (ClassLabel angry, "
                                 "happy, neutral, contempt), box ("),

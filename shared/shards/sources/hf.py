@@ -100,7 +100,8 @@ def scan(location: str, image_column: str = "image", label_column: str | None = 
             (items if item is not None else rejects).append(item if item is not None else reject)
     if labeller is not None:
         labeller.check(str(location))
-    info = {"location": str(location), "splits": chosen, "image_column": image_column, "label_column": label_column,
+    where = str(root.resolve()) if root.exists() else str(location)  # a re-run may name it another way
+    info = {"location": where, "splits": chosen, "image_column": image_column, "label_column": label_column,
             "label_map": label_map, "box_column": box_column, "holdout": sorted(held), "fingerprints": fingerprints}
     return Scan(source, root, items, rejects, list_files, holdout_splits=held, info=info)
 
