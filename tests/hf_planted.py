@@ -111,9 +111,9 @@ def write_parquet(path: Path, rows: list[Row]) -> Path:
     return path
 
 
-def write_plain_parquet(path: Path, images: list[bytes], labels: list[str | None]) -> Path:
-    """Parquet as other tools write it: raw image bytes and text labels, no datasets metadata."""
+def write_plain_parquet(path: Path, images: list[bytes], labels: list[str | None], valence: list[float]) -> Path:
+    """Parquet as other tools write it: raw image bytes, text labels, no datasets metadata."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"img_bytes": pa.array(images, pa.binary()), "emotion": pa.array(labels, pa.string())}),
-                   path)
+    pq.write_table(pa.table({"img_bytes": pa.array(images, pa.binary()), "emotion": pa.array(labels, pa.string()),
+                             "valence": pa.array(valence, pa.float64())}), path)
     return path

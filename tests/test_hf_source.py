@@ -33,8 +33,8 @@ def converted(tmp_path_factory):
               "parquet": (write_parquet(root / "fer.parquet", rows["train"]), {"train": rows["train"]})}
     out = {}
     for kind, (location, splits) in inputs.items():
-        scan = hf.scan(str(location), label_column="label", label_map=parse_label_map(LABEL_MAP), box_column="box",
-                       name="fer", cache_dir=str(root / "cache"))
+        columns = hf.Columns(label="label", label_map=parse_label_map(LABEL_MAP), box="box")
+        scan = hf.scan(str(location), columns, name="fer", cache_dir=str(root / "cache"))
         # the save_to_disk case reads the Arrow files in worker processes, the parquet one in this one
         build_shards(scan, root / kind, SETTINGS, workers=2 if kind == "save_to_disk" else 1, progress=False)
         out[kind] = (root / kind, splits)
@@ -124,16 +124,17 @@ def test_leakage_guard_finds_a_held_out_face_copied_into_training(tmp_path):
 
 def test_plain_parquet_with_raw_bytes_and_text_labels_through_the_command(tmp_path, capsys):
     images = [encoded(textured(i), "JPEG", quality=90) for i in range(3)] + [b"garbage"]
-    write_plain_parquet(tmp_path / "in" / "emotions.parquet", images, ["Sad", "happy", None, "sad"])
+    write_plain_parquet(tmp_path / "in" / "emotions.parquet", images, ["Sad", "happy", None, "sad"],
+                        valence=[0.5, float("nan"), -0.25, 0.0])
     args = ["hf", str(tmp_path / "in" / "emotions.parquet"), "--image-column", "img_bytes", "--label-column",
             "emotion", "--label-map", "sad=2,happy=happy", "--out", str(tmp_path / "out"), "--size", "32",
-            "--workers", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+            "--keep-columns", "valence", "--workers", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "emotions train: 3 faces" in printed and "1 unreadable-image" in printed and "expression missing for 1" in printed
     samples = read_samples(tmp_path / "out")
-    assert {k: (s["meta"]["label"], s["cls"]) for k, s in samples.items()} == {
-        "emotions-train_0": ("Sad", 2), "emotions-train_1": ("happy", 1), "emotions-train_2": (None, None)}
+    assert {k: (s["meta"]["label"], s["cls"], s["meta"]["valence"]) for k, s in samples.items()} == {
+        "emotions-train_0": ("Sad", 2, 0.5), "emotions-train_1": ("happy", 1, None), "emotions-train_2": (None, None, -0.25)}
     written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.tar")}
     assert main(args) == 0  # a re-run keeps every shard
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.tar")} == written
@@ -148,7 +149,7 @@ def test_an_imagefolder_of_class_folders_reads_its_files_and_lists_a_vanished_on
     for name, colour in files.items():
         (tmp_path / "faces" / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (36, 30), colour).save(tmp_path / "faces" / name)
-    scan = hf.scan(str(tmp_path / "faces"), label_column="label", label_map=parse_label_map("sad=2,happy=1"),
+    scan = hf.scan(str(tmp_path / "faces"), hf.Columns(label="label", label_map=parse_label_map("sad=2,happy=1")),
                    cache_dir=str(tmp_path / "cache"))
     assert scan.holdout_splits == {"test"} and len(scan.items) == 4
     (tmp_path / "faces" / "train/happy/c.jpg").unlink()
@@ -177,6 +178,7 @@ def test_held_out_splits_by_name_or_as_asked(converted):
                                                             "'label' (found: angry, contempt, happy, neutral"),
     (["--label-column", "label", "--label-map", "angry=furious"], "'furious' (for 'angry') is not an AffectNet expression"),
     (["--label-map", "angry=anger"], "--label-map needs --label-column"),
+    (["--keep-columns", "label"], "--keep-columns label: the sample JSON already has a field of that name"),
     (["--label-column", "label", "--box-column", "bbox"], "no column 'bbox'"),
 ])
 def test_bad_input_is_one_line_naming_what_is_there(converted, tmp_path, capsys, extra, message):

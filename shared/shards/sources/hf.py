@@ -27,16 +27,20 @@ import argparse
 import functools
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .hf_labels import Labeller, parse_label_map
+from .hf_labels import Labeller, as_json, check_mapped, parse_label_map
 from ..items import Item, Reject, Scan, sample_key
 from ...errors import UserError
 
 HOLDOUT_NAMES = ("test", "validation", "valid", "val", "eval", "dev")
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 TABLE_SUFFIXES = (".parquet", ".arrow", ".csv", ".json", ".jsonl")  # hashed into the manifest
+# fields every sample's JSON has (writer.encode_item) or this reader sets
+RESERVED = {"key", "source", "split", "path", "crop_box", "orig_size", "box", "holdout", "row", "image_path",
+            "label", "label_name", "label_missing", "expression", "expression_name", "expression_missing"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -49,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                        "(stored as expression and .cls, as AffectNet's shards)")
     p.add_argument("--box-column", help="column with one face box [x, y, width, height] per row "
                                         "(default: the image is the face)")
+    p.add_argument("--keep-columns", help="comma-separated columns copied into each sample's JSON (e.g. valence,arousal)")
     p.add_argument("--split", help="comma-separated splits to convert (default: all)")
     p.add_argument("--holdout", help=f"comma-separated splits held out of pretraining, or 'none' "
                                      f"(default: those named {', '.join(HOLDOUT_NAMES)})")
@@ -64,16 +69,36 @@ def scan_args(args: argparse.Namespace) -> Scan:
     if args.no_progress:
         import datasets
         datasets.disable_progress_bars()
-    return scan(args.root, image_column=args.image_column, label_column=args.label_column,
-                label_map=parse_label_map(args.label_map) if args.label_map else None,
-                box_column=args.box_column, splits=_names(args.split), holdout=_names(args.holdout),
-                name=args.name, cache_dir=args.cache_dir)
+    columns = Columns(args.image_column, args.label_column,
+                      parse_label_map(args.label_map) if args.label_map else None, args.box_column,
+                      _names(args.keep_columns) or [])
+    return scan(args.root, columns, splits=_names(args.split), holdout=_names(args.holdout), name=args.name,
+                cache_dir=args.cache_dir)
 
 
-def scan(location: str, image_column: str = "image", label_column: str | None = None,
-         label_map: dict[str, int] | None = None, box_column: str | None = None,
-         splits: list[str] | None = None, holdout: list[str] | None = None,
-         name: str | None = None, cache_dir: str | None = None) -> Scan:
+@dataclass
+class Columns:
+    """Which columns hold what; `label_map` as parse_label_map returns it."""
+
+    image: str = "image"
+    label: str | None = None
+    label_map: dict[str, int] | None = None
+    box: str | None = None
+    keep: list[str] = field(default_factory=list)  # copied into each sample's JSON under their names
+
+    def check(self, ds, split: str, location: str) -> None:
+        missing = [c for c in (self.image, self.label, self.box, *self.keep) if c and c not in ds.features]
+        if missing:
+            available = ", ".join(f"{c} ({_describe(f)})" for c, f in ds.features.items())
+            raise UserError(f"{location} split {split}: no column {', '.join(map(repr, missing))}; "
+                            f"available: {available}")
+        taken = sorted(set(self.keep) & RESERVED)
+        if taken:
+            raise UserError(f"--keep-columns {', '.join(taken)}: the sample JSON already has a field of that name")
+
+
+def scan(location: str, columns: Columns = Columns(), splits: list[str] | None = None,
+         holdout: list[str] | None = None, name: str | None = None, cache_dir: str | None = None) -> Scan:
     """Load the dataset and list one Item per row of the chosen splits (Rejects for bad rows).
 
     Raises UserError when it cannot be loaded, a split or column does not exist, the image
@@ -87,22 +112,21 @@ def scan(location: str, image_column: str = "image", label_column: str | None = 
         raise UserError(f"{location}: no split {', '.join(unknown)}; available: {', '.join(available)}")
     source = _source_name(name, str(location))
     held = set(chosen) & set(HOLDOUT_NAMES) if holdout is None else {s for s in holdout if s != "none"}
-    items, rejects, fingerprints = [], [], {}
-    labeller = None
+    items, rejects, fingerprints, labellers = [], [], {}, []
     for split in chosen:
         ds = loaded[split]
-        _check_columns(ds, split, str(location), image_column, label_column, box_column)
-        if label_column:
-            feature = ds.features[label_column]
-            labeller = labeller or Labeller(label_column, getattr(feature, "names", None), label_map)
+        columns.check(ds, split, str(location))
+        if columns.label:  # per split: each split's ClassLabel names its own codes
+            names = getattr(ds.features[columns.label], "names", None)
+            labellers.append(Labeller(columns.label, names, columns.label_map))
         fingerprints[split] = getattr(ds, "_fingerprint", None)
-        for item, reject in _rows(ds, split, source, image_column, box_column, labeller, str(location)):
+        for item, reject in _rows(ds, split, source, columns, labellers[-1] if labellers else None, str(location)):
             (items if item is not None else rejects).append(item if item is not None else reject)
-    if labeller is not None:
-        labeller.check(str(location))
+    check_mapped(labellers, str(location))
     where = str(root.resolve()) if root.exists() else str(location)  # a re-run may name it another way
-    info = {"location": where, "splits": chosen, "image_column": image_column, "label_column": label_column,
-            "label_map": label_map, "box_column": box_column, "holdout": sorted(held), "fingerprints": fingerprints}
+    info = {"location": where, "splits": chosen, "image_column": columns.image, "label_column": columns.label,
+            "label_map": columns.label_map, "box_column": columns.box, "keep_columns": columns.keep,
+            "holdout": sorted(held), "fingerprints": fingerprints}
     return Scan(source, root, items, rejects, list_files, holdout_splits=held, info=info)
 
 
@@ -140,20 +164,13 @@ def load(location: str, cache_dir: str | None):
     return dict(loaded), path, files
 
 
-def _check_columns(ds, split: str, location: str, *columns: str | None) -> None:
-    missing = [c for c in columns if c and c not in ds.features]
-    if missing:
-        available = ", ".join(f"{c} ({_describe(f)})" for c, f in ds.features.items())
-        raise UserError(f"{location} split {split}: no column {', '.join(map(repr, missing))}; available: {available}")
-
-
 def _describe(feature) -> str:
     if hasattr(feature, "names"):
         return f"ClassLabel {', '.join(feature.names[:8])}{', ...' if len(feature.names) > 8 else ''}"
     return getattr(feature, "dtype", None) if type(feature).__name__ == "Value" else type(feature).__name__
 
 
-def _rows(ds, split: str, source: str, image_column: str, box_column: str | None, labeller, location: str):
+def _rows(ds, split: str, source: str, columns: Columns, labeller: Labeller | None, location: str):
     """(Item, None) or (None, Reject) for every row, file by file of the split's Arrow files."""
     files = [f["filename"] for f in ds.cache_files]
     if not files or getattr(ds, "_indices", None) is not None:
@@ -161,19 +178,19 @@ def _rows(ds, split: str, source: str, image_column: str, box_column: str | None
                         "selection of rows); save it with save_to_disk and convert that folder")
     row = 0
     for file in files:
-        part = _image_table(file, image_column, location, split)
-        labels = part.data.column(labeller.column).to_pylist() if labeller else None
-        boxes = part.data.column(box_column).to_pylist() if box_column else None
+        part = _image_table(file, columns.image, location, split)
+        values = {c: part.data.column(c).to_pylist() for c in (columns.label, columns.box, *columns.keep) if c}
         for local in range(part.num_rows):
             path = f"{split}[{row}]"
-            meta, reject = labeller(labels[local], path, split) if labeller else ({}, None)
-            box, bad = _box(boxes[local]) if boxes else (None, None)
-            reject = reject or (Reject(path, split, "bad-row", f"{box_column} {bad}") if bad else None)
+            meta, reject = labeller(values[labeller.column][local], path, split) if labeller else ({}, None)
+            box, bad = _box(values[columns.box][local]) if columns.box else (None, None)
+            reject = reject or (Reject(path, split, "bad-row", f"{columns.box} {bad}") if bad else None)
             if reject is not None:
                 yield None, reject
             else:
+                kept = {c: as_json(values[c][local]) for c in columns.keep}
                 yield Item(sample_key(source, path), split, path, file, offset=local, box=box,
-                           meta={"row": row, **meta}, origin=f"{split} row {row}", column=image_column), None
+                           meta={"row": row, **kept, **meta}, origin=f"{split} row {row}", column=columns.image), None
             row += 1
     if row != ds.num_rows:
         raise UserError(f"{location} split {split}: its Arrow files hold {row} rows, the dataset {ds.num_rows}")

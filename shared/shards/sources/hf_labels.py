@@ -64,7 +64,7 @@ class Labeller:
             return {}, Reject(path, split, "bad-row", f"{self.column} {value} is outside its ClassLabel's "
                                                       f"{len(self.names)} names")
         text = label_text(value, self.names)
-        meta = {"label": value if text is not None else None}
+        meta = {"label": as_json(value) if text is not None else None}
         if self.names is not None and text is not None:
             meta["label_name"] = text
         if self.mapping is None:
@@ -89,9 +89,26 @@ class Labeller:
             return {**meta, "expression": code, "expression_name": EXPRESSIONS[code]}, None
         return {**meta, "expression": None, "expression_missing": reason}, None
 
-    def check(self, location: str) -> None:
-        """A map that knows none of the labels found is a wrong map, not missing labels."""
-        if self.mapping is not None and not self.mapped and self.unmapped:
-            seen = ", ".join(sorted(self.unmapped)[:12])
-            raise UserError(f"{location}: --label-map names none of the labels in column {self.column!r} "
-                            f"(found: {seen}; the map has: {', '.join(self.mapping)})")
+
+def check_mapped(labellers: list[Labeller], location: str) -> None:
+    """A map that knows none of the labels found (in any split) is a wrong map, not missing labels."""
+    if not labellers or labellers[0].mapping is None or any(lab.mapped for lab in labellers):
+        return
+    unmapped = sorted({text for lab in labellers for text in lab.unmapped})
+    if unmapped:
+        raise UserError(f"{location}: --label-map names none of the labels in column {labellers[0].column!r} "
+                        f"(found: {', '.join(unmapped[:12])}; the map has: {', '.join(labellers[0].mapping)})")
+
+
+def as_json(value: Any) -> Any:
+    """A cell as the sample JSON can hold it: numbers, text, lists and dicts as they are, NaN as
+    None, anything else (dates, bytes) as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): as_json(v) for k, v in value.items()}
+    return str(value)
