@@ -174,6 +174,7 @@ def test_held_out_splits_by_name_or_as_asked(converted):
                                 "happy, neutral, contempt), box ("),
     (["--image-column", "label"], "column 'label' (ClassLabel angry, happy, neutral, contempt) cannot be images"),
     (["--split", "dev"], "no split dev; available: train, test"),
+    (["--holdout", "tset"], "--holdout tset: no such split; available: train, test"),
     (["--label-column", "label", "--label-map", "sad=sad"], "--label-map names none of the labels in column "
                                                             "'label' (found: angry, contempt, happy, neutral"),
     (["--label-column", "label", "--label-map", "angry=furious"], "'furious' (for 'angry') is not an AffectNet expression"),

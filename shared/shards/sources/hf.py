@@ -112,6 +112,9 @@ def scan(location: str, columns: Columns = Columns(), splits: list[str] | None =
         raise UserError(f"{location}: no split {', '.join(unknown)}; available: {', '.join(available)}")
     source = _source_name(name, str(location))
     held = set(chosen) & set(HOLDOUT_NAMES) if holdout is None else {s for s in holdout if s != "none"}
+    if held - set(available):  # a misspelt evaluation split would silently reach pretraining
+        raise UserError(f"--holdout {', '.join(sorted(held - set(available)))}: no such split; "
+                        f"available: {', '.join(available)}")
     items, rejects, fingerprints, labellers = [], [], {}, []
     for split in chosen:
         ds = loaded[split]
