@@ -254,7 +254,8 @@ def _source_name(name: str | None, location: str) -> str:
     base = name or Path(location.rstrip("/")).stem
     clean = re.sub(r"[^a-z0-9_]+", "_", base.lower()).strip("_")
     if not clean:
-        raise UserError(f"--name {name!r}: give a source name with letters or digits")
+        what = f"--name {name!r}" if name else f"no source name can be made from {location!r}"
+        raise UserError(f"{what}: give --name with letters or digits")
     return clean
 
 
