@@ -192,7 +192,11 @@ def test_bad_input_is_one_line_naming_what_is_there(converted, tmp_path, capsys,
 
 def test_paths_that_are_no_dataset_are_one_line(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1 cut short")
     for location, message in ((tmp_path / "missing", "no such file or folder, and not a Hub repo id"),
-                              (tmp_path / "notes.txt", "not a .parquet or .arrow file")):
-        assert run_cli(main, ["hf", str(location), "--out", str(tmp_path / "o")], prog="face-shards") == 2
-        assert message in capsys.readouterr().err
+                              (tmp_path / "notes.txt", "not a .parquet or .arrow file"),
+                              (tmp_path / "cut.parquet", "cut.parquet: datasets cannot load it (")):
+        assert run_cli(main, ["hf", str(location), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")],
+                       prog="face-shards") == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

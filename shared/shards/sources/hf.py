@@ -139,6 +139,10 @@ def load(location: str, cache_dir: str | None):
     from datasets.exceptions import DatasetsError
 
     path = Path(location)
+    # datasets logs a failure before raising it, and the raise becomes one line here: only
+    # critical messages pass while it loads; its own level is restored afterwards
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
             loaded = datasets.load_from_disk(str(path))
@@ -162,6 +166,8 @@ def load(location: str, cache_dir: str | None):
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         what = "" if path.exists() else "not a local file or folder, and as a Hub repo id "
         raise UserError(f"{location}: {what}datasets cannot load it ({type(err).__name__}: {message})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if isinstance(loaded, datasets.Dataset):
         loaded = {str(loaded.split) if loaded.split else "train": loaded}
     return dict(loaded), path, files
@@ -241,7 +247,7 @@ def _box(value: Any) -> tuple[tuple[float, float, float, float] | None, str | No
     try:
         x, y, w, h = (float(v) for v in value)
     except (TypeError, ValueError):
-        return None, f"{value!r} is not [x, y, width, height]"
+        return None, f"{str(value)[:60]!r} is not [x, y, width, height]"
     if any(math.isnan(v) for v in (x, y, w, h)):
         return None, None
     if w <= 0 or h <= 0 or not all(math.isfinite(v) for v in (x, y, w, h)):
