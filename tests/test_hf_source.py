@@ -162,6 +162,21 @@ def test_an_imagefolder_of_class_folders_reads_its_files_and_lists_a_vanished_on
         assert np.abs(centre_rgb(sample["jpg"]) - files[name]).max() <= 12
 
 
+def test_without_a_map_the_datasets_own_labels_are_kept(converted):
+    saved = str(converted["save_to_disk"][0].parent / "saved")
+    rows = planted_rows()
+    metas = {item.key: item.meta for item in hf.scan(saved, hf.Columns(label="label")).items}
+    # without --box-column every row is an item: the images are judged when they are decoded
+    assert set(metas) == {f"saved-{split}_{i}" for split, planted in rows.items() for i in range(len(planted))}
+    for split, planted in rows.items():
+        for i, row in enumerate(planted):
+            meta = metas[f"saved-{split}_{i}"]
+            if isinstance(row.label, str):
+                assert meta == {"row": i, "label": NAMES.index(row.label), "label_name": row.label}
+            else:  # null and ClassLabel's -1: missing, said why, never an expression
+                assert meta == {"row": i, "label": None, "label_missing": "column 'label' is empty in this row"}
+
+
 def test_held_out_splits_by_name_or_as_asked(converted):
     saved = str(converted["save_to_disk"][0].parent / "saved")
     assert hf.scan(saved).holdout_splits == {"test"}
