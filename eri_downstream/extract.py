@@ -25,6 +25,7 @@ from eri_downstream.steps import STEPS, run_step
 from eri_downstream.store import FeatureStore
 from shared import builtin_data
 from shared.errors import UserError, run_cli
+from shared.launcher import launch
 
 log = logging.getLogger("eri_downstream.extract")
 
@@ -101,6 +102,13 @@ def use_builtin(args, state) -> None:
         given = builtin_data.transcripts(args.data)
         store.write_transcripts({**given, **store.read_transcripts()})  # edits made in the store win
     state.wait_for_everyone()
+
+
+
+def entry() -> None:
+    """`affect-extract`: this stage on one process or several, ending with its own line and status
+    (`accelerate launch`'s options first; see shared/launcher.py)."""
+    raise SystemExit(launch(main, "eri_downstream.extract", "affect-extract"))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
 from shared.config import from_dict, load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
+from shared.launcher import launch
 from shared.metrics import constant_columns, pearson_report
 from shared.plots import bar_chart, learning_curves, scatter_grid
 from shared.stream.reading import derive_seed
@@ -331,6 +332,13 @@ def cv_summary(results: list[dict], pool, run_dir: Path, acc) -> dict:
             write_submission(run_dir / "submission.csv", ids, ensemble)
         (run_dir / "cv_results.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+
+def entry() -> None:
+    """`affect-train-eri`: this stage on one process or several, ending with its own line and status
+    (`accelerate launch`'s options first; see shared/launcher.py)."""
+    raise SystemExit(launch(main, "eri_downstream.train", "affect-train-eri"))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from finetune_affectnet.regularize import Objective
 from shared import builtin_data
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
+from shared.launcher import launch
 from shared.training.batching import split_global_batch
 from shared.training.checkpoint import Checkpointer
 from shared.training.images import normalize
@@ -178,6 +179,13 @@ def main(argv=None) -> int:
     acc.wait_for_everyone()
     acc.end_training()
     return 0
+
+
+
+def entry() -> None:
+    """`affect-finetune`: this stage on one process or several, ending with its own line and status
+    (`accelerate launch`'s options first; see shared/launcher.py)."""
+    raise SystemExit(launch(main, "finetune_affectnet.main", "affect-finetune"))
 
 
 if __name__ == "__main__":

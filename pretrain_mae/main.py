@@ -25,6 +25,7 @@ from shared.checkpoints import load_into, load_state_dict_file
 from shared.encoders import load_encoder, spec_kind, stored_pool
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import run_cli
+from shared.launcher import launch
 from shared.stream.reading import derive_seed
 from shared.training.batching import split_global_batch
 from shared.training.checkpoint import Checkpointer
@@ -161,6 +162,13 @@ def main(argv=None) -> int:
     acc.wait_for_everyone()
     acc.end_training()
     return 0
+
+
+
+def entry() -> None:
+    """`affect-pretrain`: this stage on one process or several, ending with its own line and status
+    (`accelerate launch`'s options first; see shared/launcher.py)."""
+    raise SystemExit(launch(main, "pretrain_mae.main", "affect-pretrain"))
 
 
 if __name__ == "__main__":
