@@ -31,7 +31,7 @@ from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate, mixup
 from eri_downstream.dataset import EMOTIONS, read_table, splits_of
 from eri_downstream.folds import cv_folds, write_submission
 from eri_downstream.loader import EpochLoader
-from eri_downstream.model import ERIModel, ERIModelConfig
+from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
 from eri_downstream.store import FeatureStore
 from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
@@ -40,6 +40,7 @@ from shared.errors import UserError, run_cli
 from shared.launcher import launch
 from shared.metrics import constant_columns, pearson_report
 from shared.plots import bar_chart, learning_curves, scatter_grid
+from shared.recognise import described
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
 from shared.training.loop import Hook, read_metrics, train
@@ -107,6 +108,14 @@ def say_constant_columns(val_entries, say: bool = True) -> None:
         log.warning("validation column(s) %s constant (%s over %d videos): Pearson undefined there, shown as NaN; "
                     "selecting on the mean over the other %d emotions", ", ".join(constant),
                     ", ".join(f"all {v:g}" for v in constant.values()), len(true), len(EMOTIONS) - len(constant))
+
+
+def check_modalities(modalities) -> None:
+    """A UserError naming what is not a modality (before any feature file is looked for)."""
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities or len(set(modalities)) != len(modalities):
+        raise UserError(f"model.modalities={list(modalities)}: expected a non-empty subset of {', '.join(MODALITIES)} "
+                        f"without repeats{' (not modalities: ' + ', '.join(map(str, unknown)) + ')' if unknown else ''}")
 
 
 def feature_dims(store: Path, modalities, file_id: str) -> dict[str, int]:
@@ -253,6 +262,7 @@ def main(argv=None) -> int:
     cfg = load_config(ERIConfig, args.config, args.overrides)
     if args.resume:
         cfg.run.resume = args.resume
+    check_modalities(cfg.model.modalities)
     if not cfg.data.store:
         builtin = builtin_data.root() / "features"
         if not (builtin / "videos.csv").is_file():
@@ -262,7 +272,8 @@ def main(argv=None) -> int:
         cfg.data.store = str(builtin)
     store = Path(cfg.data.store)
     if not (store / "videos.csv").is_file():
-        raise UserError(f"{store}: no videos.csv; run `eri_downstream/extract.py table` (or any step) first")
+        hint = described(store) or f"; stage 3a writes one: `affect-extract all --data RAW --store {store} --encoder ENC`"
+        raise UserError(f"{store}: no videos.csv, so not a feature store{hint}")
     if cfg.optim.grad_accum != 1:  # one optimizer step per batch of videos, as the epoch hooks count them
         raise UserError(f"optim.grad_accum={cfg.optim.grad_accum}: stage 3b steps once per batch of videos; "
                         "raise data.batch_size instead (the paper's 16 videos fit any device)")
