@@ -155,6 +155,10 @@ def main(argv=None) -> int:
         stop.acknowledge()
         acc.end_training()
         return EXIT_REQUEUE
+    if step < total_steps and acc.is_main_process:  # stop_after: this job's share is done, the run is not
+        log.warning("stopped after %d step(s) as asked (stop_after=%d): step %d of %d, the run is incomplete and "
+                    "not exported; its state is %s; continue it with the same command and --resume auto",
+                    step - start_step, cfg.stop_after, step, total_steps, checkpointer.latest())
     final = gathered(acc, model, build) if step >= total_steps else None
     if final is not None:
         out = export_mae(final, run_dir / "export", mean=cfg.data.mean, std=cfg.data.std, config=resolved)
