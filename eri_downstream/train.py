@@ -264,12 +264,15 @@ def main(argv=None) -> int:
         cfg.run.resume = args.resume
     check_modalities(cfg.model.modalities)
     if not cfg.data.store:
-        builtin = builtin_data.root() / "features"
-        if not (builtin / "videos.csv").is_file():
-            raise UserError("no data: set data.store to the feature store written by eri_downstream/extract.py "
-                            "(or run `eri_downstream/extract.py all --encoder ...` without --data for the built-in one)")
-        builtin_data.announce("reaction videos' feature store", builtin)
-        cfg.data.store = str(builtin)
+        base, found = builtin_data.locate("features")
+        if not found:
+            raise UserError(f"no data given (data.store) and no built-in feature store in "
+                            f"{', '.join(str(p / 'features') for p in builtin_data.places())}: set data.store to a store "
+                            "that stage 3a wrote, or write the built-in one with `affect-extract all --encoder ENCODER` "
+                            f"(no --data); {builtin_data.ROOT_ENV}=DIR finds built-in data made elsewhere (a demo's "
+                            "<its --out>/data)")
+        builtin_data.say("reaction videos' feature store", base / "features", True, own="data.store")
+        cfg.data.store = str(base / "features")
     store = Path(cfg.data.store)
     if not (store / "videos.csv").is_file():
         hint = described(store) or f"; stage 3a writes one: `affect-extract all --data RAW --store {store} --encoder ENC`"

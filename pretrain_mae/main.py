@@ -80,6 +80,10 @@ def main(argv=None) -> int:
         cfg.run.resume = args.resume
     acc = make_accelerator(cfg.run)
     run_dir = Path(cfg.run.output_dir)
+    if not cfg.data.sources and not cfg.data.synthetic:  # said (and made, once) before any other work
+        shards = builtin_data.made_once(acc, builtin_data.face_shards, "faces (AffectNet, CelebA, CASIA-WebFace "
+                                        "layouts)", part="shards", own="data.sources")
+        cfg.data.sources = {name: str(folder) for name, folder in shards.items()}
 
     model = build_mae(cfg.model.name, **cfg.model.overrides)
     if cfg.model.init:
@@ -90,9 +94,6 @@ def main(argv=None) -> int:
     image_size = model.patch_embed.img_size[0]
     num_patches = model.patch_embed.num_patches
 
-    if not cfg.data.sources and not cfg.data.synthetic:
-        shards = builtin_data.made_once(acc, builtin_data.face_shards, "faces (AffectNet, CelebA, CASIA-WebFace layouts)")
-        cfg.data.sources = {name: str(folder) for name, folder in shards.items()}
     micro, accum, samples_per_step = split_global_batch(cfg.data.global_batch, acc.num_processes,
                                                         cfg.data.batch_size, cfg.optim.grad_accum)
     data = build_data(cfg.data, image_size=image_size, seed=cfg.run.seed, rank=acc.process_index,
@@ -166,7 +167,6 @@ def main(argv=None) -> int:
     acc.wait_for_everyone()
     acc.end_training()
     return 0
-
 
 
 def entry() -> None:
