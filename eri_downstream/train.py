@@ -39,7 +39,7 @@ from shared.config import from_dict, load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
 from shared.launcher import launch
 from shared.metrics import constant_columns, pearson_report
-from shared.plots import bar_chart, learning_curves, scatter_grid
+from shared.plots import bar_chart, loss_and_score, scatter_grid
 from shared.recognise import described
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
@@ -51,6 +51,7 @@ from shared.training.setup import init_tracking, make_accelerator
 from shared.training.wrappers import prepare, refuse_sharding, unwrap
 
 log = logging.getLogger("eri_downstream.train")
+VALIDATION = "validation.jsonl"  # one row per evaluation: epoch, step, mean and mean_defined Pearson
 
 
 def to_device(batch: dict, device) -> dict:
@@ -177,6 +178,8 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
         best = json.loads((out / "best.json").read_text())
     if acc.is_main_process:
         StopRequest.clear_markers(out)
+        if state is None:  # a fresh start: no epochs of an earlier run in the curves
+            (out / VALIDATION).unlink(missing_ok=True)
     preempt = StopRequest(acc, out, check_every=cfg.run.stop_check_every)
 
     def loss_fn(model, batch, micro_step):
@@ -204,6 +207,9 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
                     step=step)
             log.info("epoch %d: validation mean Pearson %.4f%s%s", epoch, report["mean"], _defined(report),
                      " (best)" if improved else "")
+            with open(out / VALIDATION, "a") as f:  # the learning-curve figure's validation line
+                f.write(json.dumps({"epoch": epoch, "step": step, "mean": report["mean"],
+                                    "mean_defined": report["mean_defined"]}) + "\n")
             if improved:
                 save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "best.safetensors"))
                 (out / "best_report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -248,13 +254,30 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
         if test_pred:  # this model's test predictions, in the submission format
             write_submission(out / "submission.csv", list(test_pred), np.stack(list(test_pred.values())))
         labelled = [e for e in val_entries if e.labels is not None]
-        bar_chart(report["per_emotion"], out / "per_emotion_pearson.png",
-                  title=f"validation Pearson, mean {report['mean']:.4f}", ylabel="Pearson r")
+        chosen = f"the model of epoch {report['best_epoch']} (best validation mean Pearson)"
+        bar_chart(report["per_emotion"], out / "per_emotion_pearson.png", xlabel="emotion",
+                  title=f"validation Pearson r, mean {report['mean']:.4f}:\n{chosen}", ylabel="Pearson r")
         scatter_grid(np.stack([val_pred[e.file_id] for e in labelled]), np.array([e.labels for e in labelled]),
-                     EMOTIONS, out / "predicted_vs_true.png", title="validation")
-        learning_curves(read_metrics(out / "metrics.jsonl"), ["loss"], out / "learning_curves.png", title="training loss (MSE)")
+                     EMOTIONS, out / "predicted_vs_true.png", title=f"validation intensities, {chosen}")
+        curves(out, report["best_epoch"])
     acc.wait_for_everyone()
     return result
+
+
+def curves(out: Path, chosen: int) -> None:
+    """learning_curves.png: training loss per log step and validation mean Pearson per epoch,
+    against the epoch, with the chosen epoch marked."""
+    validation = {}
+    for line in (out / VALIDATION).read_text().splitlines():  # a resumed run appends: the last row counts
+        row = json.loads(line)
+        validation[row["epoch"]] = row
+    rows = [validation[e] for e in sorted(validation)]
+    defined = all(r["mean"] == r["mean_defined"] for r in rows)  # NaN != NaN: constant columns say so
+    score = "validation mean Pearson" if defined else "validation mean Pearson\n(emotions whose truth varies)"
+    loss_and_score(read_metrics(out / "metrics.jsonl"), [{"epoch": r["epoch"], "score": r["mean_defined"]} for r in rows],
+                   chosen, out / "learning_curves.png", steps_per_epoch=rows[0]["step"] / rows[0]["epoch"],
+                   loss="training loss (MSE, mean per log step)", score=score,
+                   title="stage 3b: training loss and validation score per epoch")
 
 
 def main(argv=None) -> int:
@@ -346,7 +369,6 @@ def cv_summary(results: list[dict], pool, run_dir: Path, acc) -> dict:
             write_submission(run_dir / "submission.csv", ids, ensemble)
         (run_dir / "cv_results.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
-
 
 
 def entry() -> None:
