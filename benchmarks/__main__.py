@@ -45,7 +45,9 @@ SUITE = (
     Benchmark("exact_stream", "exact_stream.py"),
     Benchmark("mae_step_cpu", "mae_step.py", ("--device", "cpu")),
     Benchmark("mae_step_gpu", "mae_step.py", ("--device", "cuda")),
-    Benchmark("gpu_input", "gpu_input.py"),
+    Benchmark("mae_step_fast", "mae_step.py", ("--device", "cuda", "--fast")),
+    Benchmark("gpu_input", "gpu_input.py", ("--fast",)),
+    Benchmark("gpu_input_photo", "gpu_input.py", ("--fast", "--kind", "photo")),
     Benchmark("eri_epoch", "eri_epoch.py"),
     Benchmark("extract_speed", "extract_speed.py"),
     Benchmark("fsdp_step", "fsdp_step.py"),
@@ -53,6 +55,7 @@ SUITE = (
 ON_REQUEST = (
     Benchmark("profile_step", "profile_step.py", quick=("--model", "mae_vit_tiny_patch16")),
     Benchmark("profile_eri_epoch", "profile_eri_epoch.py", quick=("--videos", "32")),
+    Benchmark("mae_levers", "mae_levers.py"),
 )
 
 

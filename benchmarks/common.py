@@ -88,3 +88,20 @@ def parse_sized_args(parser, argv, quick: dict):
                 setattr(args, key, value)
     return args
 
+
+
+def parse_device_args(parser, argv, quick: dict[str, dict]):
+    """`parser` with `--device auto|cuda|cpu` and `--quick` for a GPU benchmark: auto is "cuda"
+    when there is one, else "none" (the benchmark reports NOT MEASURED); `--device cpu` runs the
+    code path on the CPU. `quick[device]` sizes replace the defaults the command line left alone."""
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--quick", action="store_true", help=f"a short smoke run: {quick}")
+    args = parser.parse_args(argv)
+    if args.device == "auto":
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "none"
+    if args.quick and args.device != "none":
+        for key, value in quick[args.device].items():
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
+    return args

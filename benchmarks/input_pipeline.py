@@ -10,8 +10,10 @@ DataLoader worker does):
 (b) ours: `shared.stream.FaceStream` in resampled mode reading webdataset shards, augment
     `Augment(kind="mae", size=224)` (bicubic, as the MAE recipe; bilinear is reported as an extra
     line), num_workers=0 (uint8 channels-last batches; normalisation happens on the device).
-    Also an extra line: the same stream with `output="jpeg"`, where the worker only reads the
-    JPEG header and draws the crop, leaving decode and resize to the GPU (`gpu_input.py`).
+    Also extra lines: the same stream with `output="decoded"` (the worker decodes and draws the
+    crop; crop, resize and flip are left to the GPU) and `output="jpeg"` (the worker only reads
+    the JPEG header and draws the crop, leaving decode and resize to the GPU; `gpu_input.py`),
+    and the bytes per image each output sends to the device.
 
 Why: pretraining is input-bound on CPU-poor GPU nodes, so the number that matters is how many
 images one loader worker delivers per second. The target is ours >= 2x the reference.
@@ -21,7 +23,8 @@ converter (`python -m shared.shards celeba`, defaults: 256x256 crops, JPEG quali
 JPEG bytes are then copied out of the shards into `imagefolder/faces/<key>.jpg` for the
 reference, so both pipelines decode identical files. Synthetic faces are smoother than photos,
 so their JPEGs are smaller and decode somewhat faster than real ones; both pipelines decode
-the same bytes, so the ratio is what to read.
+the same bytes, so the ratio is what to read. `--kind photo` uses the harder set instead: the
+same faces noise-textured to photo-sized JPEGs (30-55 KB; `face_data.py`).
 
 Timing: each pipeline is one long-lived batch iterator, warmed up with a few batches; then the
 repeats are interleaved (reference, ours, ours-bilinear, reference, ...) so drift on a shared
@@ -30,7 +33,7 @@ and the median repeat is reported; a ratio is the median of the per-repeat ratio
 times the pipelines back to back). `--breakdown` adds per-stage costs (decode, resize,
 to-tensor, collation) measured on the same bytes.
 
-    python benchmarks/input_pipeline.py [--images N] [--batch-size B] [--repeats R]
+    python benchmarks/input_pipeline.py [--images N] [--batch-size B] [--repeats R] [--kind faces|photo]
                                         [--workdir DIR] [--breakdown] [--quick]
 """
 from __future__ import annotations
@@ -61,7 +64,7 @@ from shared.stream import Augment, FaceStream, StreamConfig, build_sources
 from shared.stream.decode import augment_image, random_resized_crop
 from shared.stream.reading import ErrorLog, read_shard
 from common import header, paired_ratio, parse_sized_args, result, verdict
-from face_data import make_dataset, shard_paths
+from face_data import KINDS, make_dataset, shard_paths
 from hardware import machine
 
 IMAGE_SIZE = 224
@@ -93,14 +96,25 @@ def reference_batches(folder: Path, batch_size: int) -> Iterator[int]:
             yield images.shape[0]
 
 
-def our_batches(shards: Path, batch_size: int, batches: int, interpolation: str,
-                output: str = "pixels") -> Iterator[int]:
-    """`batches` batch sizes from FaceStream (resampled, one epoch long enough for the run)."""
+def our_stream(shards: Path, batch_size: int, batches: int, interpolation: str, output: str) -> FaceStream:
     sources = build_sources({"celeba": str(shards)}, pretraining=True)
     config = StreamConfig(mode="resampled", batch_size=batch_size, batches_per_epoch=batches, num_workers=0,
                           augment=Augment(kind="mae", size=IMAGE_SIZE, interpolation=interpolation), output=output)
-    for batch in FaceStream(sources, config):
+    return FaceStream(sources, config)
+
+
+def our_batches(shards: Path, batch_size: int, batches: int, interpolation: str,
+                output: str = "pixels") -> Iterator[int]:
+    """`batches` batch sizes from FaceStream (resampled, one epoch long enough for the run)."""
+    for batch in our_stream(shards, batch_size, batches, interpolation, output):
         yield len(batch["key"])
+
+
+def transfer_bytes(shards: Path, batch_size: int, output: str) -> float:
+    """Bytes per image that one batch of `output` carries to the device (images or plan)."""
+    batch = next(iter(our_stream(shards, batch_size, 1, "bicubic", output)))
+    tensors = [batch["image"]] if "image" in batch else [v for v in batch["plan"].values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors) / len(batch["key"])
 
 
 # ----------------------------------------------------------------------------- timing
@@ -232,10 +246,12 @@ def versions() -> dict[str, str]:
     return {"torchvision": torchvision.__version__, "Pillow": f"{PIL.__version__} ({jpeg})", "numpy": np.__version__}
 
 
-def report(results: list[Result], args: argparse.Namespace, batches_per_repeat: int, mean_kb: float) -> None:
+def report(results: list[Result], args: argparse.Namespace, batches_per_repeat: int, mean_kb: float,
+           sent: dict[str, float]) -> None:
     header(machine(**versions()))
-    print(f"data:    {args.images} synthetic CelebA faces -> face-shards celeba (256x256, JPEG q95, "
-          f"mean {mean_kb:.1f} KB); the same bytes as an ImageFolder for the reference")
+    print(f"data:    {args.images} synthetic CelebA faces{', noise-textured (photo-sized)' if args.kind == 'photo' else ''}"
+          f" -> face-shards celeba (256x256, JPEG q95, mean {mean_kb:.1f} KB); the same bytes as an ImageFolder "
+          f"for the reference")
     print(f"timing:  1 process, num_workers=0, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
           f"warm-up {WARMUP_BATCHES} batches, {args.repeats} interleaved repeats x {batches_per_repeat} batches "
           f"({batches_per_repeat * args.batch_size} images), median")
@@ -243,7 +259,7 @@ def report(results: list[Result], args: argparse.Namespace, batches_per_repeat: 
     print(f"{'pipeline':58s} {'img/s':>8s} {'min..max':>15s} {'ms/img':>7s}")
     for r in results:
         print(f"{r.name:58s} {r.median:8.1f} {min(r.rates):7.1f}..{max(r.rates):<7.1f} {1000 / r.median:7.2f}")
-    reference, ours, ours_bilinear, ours_jpeg = results
+    reference, ours, ours_bilinear, ours_decoded, ours_jpeg = results
     ratio = paired_ratio(ours.rates, reference.rates)[0]
     passed = verdict(ratio, TARGET_RATIO)
     print()
@@ -251,10 +267,18 @@ def report(results: list[Result], args: argparse.Namespace, batches_per_repeat: 
     print(f"ratio ours/reference (bicubic, like for like): {paired(ours, reference)}   "
           f"target >= {TARGET_RATIO:g}x: {passed}")
     print(f"ratio ours bilinear/reference (extra):         {paired(ours_bilinear, reference)}")
+    print(f"ratio ours output=decoded/reference (extra):   {paired(ours_decoded, reference)}")
     print(f"ratio ours output=jpeg/reference (extra):      {paired(ours_jpeg, reference)}")
-    result("input_pipeline", "images/s of one CPU worker, FaceStream vs the reference MAE pipeline (bicubic)",
+    print()
+    print("to the device per image: " + ", ".join(f"output={o} {b / 1024:.1f} KB" for o, b in sent.items()))
+    kind = "" if args.kind == "faces" else f", {args.kind}"
+    result(f"input_pipeline{kind}", "images/s of one CPU worker, FaceStream vs the reference MAE pipeline (bicubic)",
            f"{ours.median:.1f} vs {reference.median:.1f} img/s", ratio=ratio, target=f"≥ {TARGET_RATIO:g}x",
-           verdict=passed, note=f"{args.images} images, batch {args.batch_size}, {args.repeats} repeats")
+           verdict=passed, note=f"{args.images} images ({mean_kb:.1f} KB), batch {args.batch_size}, {args.repeats} repeats")
+    for name, r in (("pixels", ours), ("decoded", ours_decoded), ("jpeg", ours_jpeg)):
+        result(f"input_pipeline{kind} output={name}", "images/s of one CPU loader worker making this stream output",
+               f"{r.median:.0f} img/s per worker; {sent[name] / 1024:.1f} KB per image to the device",
+               ratio=r.median, unit="img/s", note=f"{mean_kb:.1f} KB JPEGs")
 
 
 def paired(a: Result, b: Result) -> str:
@@ -281,6 +305,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of both pipelines (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per pipeline; the median is reported "
                                                                "(default %(default)s)")
+    parser.add_argument("--kind", choices=KINDS, default="faces",
+                        help="faces: the smooth synthetic faces (~12.5 KB); photo: noise-textured, photo-sized (30-55 KB)")
     parser.add_argument("--workdir", type=Path, help="keep the data here (default: a temporary folder, removed)")
     parser.add_argument("--breakdown", action="store_true", help="also time each stage (decode, resize, collate)")
     args = parse_sized_args(parser, argv, QUICK)
@@ -290,7 +316,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    shards, folder = make_dataset(workdir, args.images)
+    shards, folder = make_dataset(workdir, args.images, args.kind)
     mean_kb = statistics.mean(p.stat().st_size for p in (folder / "faces").iterdir()) / 1024
     batches_per_repeat = max(1, args.images // args.batch_size)
     ours_total = WARMUP_BATCHES + args.repeats * batches_per_repeat
@@ -299,11 +325,14 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         "ours: FaceStream resampled, Augment mae, bicubic": our_batches(shards, args.batch_size, ours_total, "bicubic"),
         "ours: FaceStream resampled, Augment mae, bilinear (extra)": our_batches(shards, args.batch_size, ours_total,
                                                                                  "bilinear"),
+        "ours: output=decoded, resize left to the GPU (extra)": our_batches(shards, args.batch_size, ours_total,
+                                                                           "bicubic", "decoded"),
         "ours: output=jpeg, decode + resize left to the GPU (extra)": our_batches(shards, args.batch_size, ours_total,
                                                                                  "bicubic", "jpeg"),
     }
     results = time_pipelines(pipelines, batches_per_repeat, args.repeats)
-    report(results, args, batches_per_repeat, mean_kb)
+    sent = {output: transfer_bytes(shards, args.batch_size, output) for output in ("pixels", "decoded", "jpeg")}
+    report(results, args, batches_per_repeat, mean_kb, sent)
     if args.breakdown:
         print_breakdown(breakdown(folder, shards, args.batch_size))
 

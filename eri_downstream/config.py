@@ -22,6 +22,9 @@ class DataSection:
     batch_size: int = 16
     num_workers: int = 2
     mixup: float = 0.2  # Beta(alpha, alpha) mixup of features and labels; 0: off
+    # every training and validation video's features in device memory, batches made there by
+    # index: the same batches as the loader's, without file reads or copies (eri_downstream/device_cache.py)
+    device_cache: bool = False
     end_to_end: bool = False  # visual input from the stored face crops through the frozen `encoder`
     encoder: str | None = None  # end to end: the encoder folder the visual cache would be made with
     image_augmentation: bool = True  # end to end: RandomRotation + RandomHorizontalFlip + ColorJitter

@@ -113,6 +113,10 @@ class FeatureDataset(Dataset):
 
     def _load(self, modality: str, file_id: str) -> torch.Tensor:
         """float32 (T, D), or a UserError naming the missing file and the step that writes it."""
+        return self.stored_features(modality, file_id).float()
+
+    def stored_features(self, modality: str, file_id: str) -> torch.Tensor:
+        """(T, D) in the store's dtype (float16), checked as `_load` checks it."""
         path = self.store.features(modality, file_id)
         if not path.is_file():
             raise UserError(f"{path} is missing: run `eri_downstream/extract.py {modality} --store "
@@ -126,18 +130,31 @@ class FeatureDataset(Dataset):
             raise UserError(f"{path}: {int((~finite).sum())} of {features.numel()} feature values are NaN or "
                             f"infinite; delete the file and rerun `eri_downstream/extract.py {modality} --store "
                             f"{self.store.root}` (it redoes missing files)")
-        return features.float()
+        return features
 
     def _select(self, modality: str, features: torch.Tensor, rng: random.Random) -> torch.Tensor:
         if modality == "visual":
-            return features[segment_indices(len(features), self.k, train=self.train, rng=rng)]  # (K, D)
+            return features[self.frames(len(features), rng)]  # (K, D)
+        return self.steps(modality, features)
+
+    def frames(self, length: int, rng: random.Random) -> list[int]:
+        """The K visual frames of a video of `length` frames (`segment_indices`)."""
+        return segment_indices(length, self.k, train=self.train, rng=rng)
+
+    def steps(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        """Audio or text steps as the model sees them: audio subsampled to `max_audio_steps`."""
         if modality == "audio" and self.max_audio_steps is not None:
             return features[even_indices(len(features), self.max_audio_steps)]  # (<= max, 768)
         return features
 
+    def item_rng(self, index: int, epoch: int | None = None) -> random.Random:
+        """The random source of item `index` in `epoch` (default: the current one); str seeds hash
+        with sha512: stable."""
+        return random.Random(f"{self.seed}/{self.epoch if epoch is None else epoch}/{index}")
+
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
-        rng = random.Random(f"{self.seed}/{self.epoch}/{index}")  # str seeds hash with sha512: stable
+        rng = self.item_rng(index)
         labels = entry.labels if entry.labels is not None else [0.0] * len(EMOTIONS)
         item = {"file_id": entry.file_id, "labels": torch.tensor(labels, dtype=torch.float32),
                 "has_labels": entry.labels is not None}
@@ -231,16 +248,21 @@ def mixup(batch: dict, alpha: float, generator: torch.Generator) -> dict:
         return batch
     lam = _beta(alpha, generator)
     perm = torch.randperm(len(batch["labels"]), generator=generator)
+    moved = {}  # one copy per device: a copy from pageable host memory waits for the device's queue
     mixed = {}
     for key, value in batch.items():
         if not torch.is_tensor(value):
             mixed[key] = value
-        elif key.endswith("_mask"):
-            mixed[key] = value | value[perm.to(value.device)]
+            continue
+        if value.device not in moved:
+            moved[value.device] = perm.to(value.device)
+        other = value[moved[value.device]]
+        if key.endswith("_mask"):
+            mixed[key] = value | other
         elif value.dtype == torch.bool:
-            mixed[key] = value & value[perm.to(value.device)]
+            mixed[key] = value & other
         else:
-            mixed[key] = lam * value + (1 - lam) * value[perm.to(value.device)]
+            mixed[key] = lam * value + (1 - lam) * other
     return mixed
 
 

@@ -107,12 +107,9 @@ def key_padding_mask(mask: torch.Tensor) -> torch.Tensor:
     """nn.Transformer's src_key_padding_mask (True = ignore). A row with no real step would make
     every attention score -inf and softmax NaN (also in the backward pass), so such rows attend
     to their (zeroed) first step instead; masked_mean discards their outputs anyway."""
-    ignore = ~mask  # (B, T)
-    empty = ~mask.any(1)  # (B,)
-    if empty.any():
-        ignore = ignore.clone()
-        ignore[empty, 0] = False
-    return ignore
+    empty = ~mask.any(1, keepdim=True)  # (B, 1)
+    first = torch.arange(mask.shape[1], device=mask.device) == 0  # (T,)
+    return ~mask & ~(empty & first)  # (B, T); no host sync: the same mask whether or not a row is empty
 
 
 def transformer_encoder(width: int, heads: int, ff: int, layers: int, dropout: float) -> nn.TransformerEncoder:
@@ -168,12 +165,13 @@ class VisualBranch(nn.Module):
         self.proj = nn.Linear(2 * H, H)
         self.out = nn.Linear(H, cfg.branch_dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths`: mask.sum(1).clamp(min=1) on the host, when the caller already has it."""
         B, T, _ = x.shape
         x = self.se(x, mask) if self.se is not None else zero_padded(x, mask)  # (B, T, Dv)
         # packing makes the backward direction start at each video's last real frame, not at the
         # padding; an empty row is run on its zeroed first frame and discarded by masked_mean
-        lengths = mask.sum(1).clamp(min=1).cpu()  # (B,)
+        lengths = mask.sum(1).clamp(min=1).cpu() if lengths is None else lengths  # (B,)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         h, _ = self.gru(packed)
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=T)  # (B, T, 2H), zeros at padding
@@ -280,19 +278,35 @@ class ERIModel(nn.Module):
         )
 
     def forward(self, batch: dict) -> torch.Tensor:
-        features = []
-        for m, branch in self.branches.items():
+        inputs = {}
+        for m in self.branches:
             if m not in batch:
                 raise KeyError(f"the model uses modality {m!r} but the batch has no {m!r} entry")
             x = batch[m]  # (B, T, D)
             mask = batch.get(f"{m}_mask")
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
-            lengths = mask.sum(1, keepdim=True)  # GRU packing and the TCN assume real steps come first
-            if not torch.equal(mask, torch.arange(x.shape[1], device=mask.device) < lengths):
-                raise ValueError(f"{m}_mask must be left-aligned: real steps first, padding after")
-            features.append(branch(x, mask))  # (B, branch_dim)
+            inputs[m] = x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        visual_lengths = self._check_masks(inputs)
+        features = [branch(*inputs[m], visual_lengths) if m == "visual" else branch(*inputs[m])
+                    for m, branch in self.branches.items()]  # (B, branch_dim) each
         fused = torch.cat(features, dim=-1)  # (B, branch_dim * n_modalities)
         return torch.sigmoid(self.head(fused))  # (B, num_outputs)
+
+    @staticmethod
+    def _check_masks(inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
+        """Raises ValueError unless every mask is left-aligned (GRU packing and the TCN assume real
+        steps come first); returns the visual branch's packing lengths on the host. One read from
+        the device for all of it: on a GPU each read is a sync that stalls the queue of kernels."""
+        parts = []
+        for x, mask in inputs.values():
+            aligned = torch.arange(x.shape[1], device=mask.device) < mask.sum(1, keepdim=True)
+            parts.append((mask == aligned).all().long().reshape(1))
+        if "visual" in inputs:
+            parts.append(inputs["visual"][1].sum(1).clamp(min=1))
+        host = torch.cat(parts).cpu()
+        for m, ok in zip(inputs, host.tolist()):
+            if not ok:
+                raise ValueError(f"{m}_mask must be left-aligned: real steps first, padding after")
+        return host[len(inputs):] if "visual" in inputs else None
 
 
 # -- saving and loading --------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from eri_downstream.config import RESUME_KEYS, ERIConfig
 from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate, mixup
 from eri_downstream.dataset import EMOTIONS, read_table, splits_of
+from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
 from eri_downstream.folds import cv_folds, write_submission
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
@@ -73,14 +74,19 @@ class VisualFront:
 
 
 @torch.no_grad()
-def predict(acc, net, dataset, batch_size: int, front=None) -> dict[str, np.ndarray]:
+def predict(acc, net, dataset, batch_size: int, front=None, cache: DeviceCache | None = None) -> dict[str, np.ndarray]:
     """file_id -> (7,) predictions for every video of `dataset`, gathered from all ranks (the
-    sampler's padding repeats videos; they are counted once)."""
+    sampler's padding repeats videos; they are counted once). `cache`: the dataset's videos on
+    the device, which then makes the same batches."""
     was_training = net.training
     net.eval()
     sampler = DistributedSampler(dataset, num_replicas=acc.num_processes, rank=acc.process_index, shuffle=False)
+    # its own generator: a DataLoader draws its seed from the global RNG, and evaluating would
+    # otherwise move the training's dropout masks (and make the device cache's run differ)
+    batches = cache.batches(list(sampler), batch_size) if cache is not None else \
+        DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, generator=torch.Generator())
     mine = []
-    for batch in DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate):
+    for batch in batches:
         batch = to_device(batch, acc.device)
         out = net(front(batch) if front is not None and "visual" in batch else batch).float().cpu().numpy()
         mine += list(zip(batch["file_id"], out))
@@ -157,10 +163,15 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
             return FaceFrameDataset(store, entries, augment=train and cfg.data.image_augmentation, **common)
         return FeatureDataset(store, entries, **common)
 
-    loader = EpochLoader(dataset(train_entries, True), batch_size=cfg.data.batch_size, collate_fn=collate,
-                         seed=cfg.run.seed, rank=acc.process_index, world_size=acc.num_processes,
-                         num_workers=cfg.data.num_workers)
-    val_set = dataset(val_entries, False)
+    order = dict(batch_size=cfg.data.batch_size, seed=cfg.run.seed, rank=acc.process_index, world_size=acc.num_processes)
+    val_set, val_cache = dataset(val_entries, False), None
+    if cfg.data.device_cache:
+        if front is not None:
+            raise UserError("data.device_cache holds stored features, data.end_to_end reads face crops: choose one")
+        loader = DeviceEpochLoader(dataset(train_entries, True), device=acc.device, **order)
+        val_cache = DeviceCache(val_set, acc.device)
+    else:
+        loader = EpochLoader(dataset(train_entries, True), collate_fn=collate, num_workers=cfg.data.num_workers, **order)
     say_constant_columns(val_entries, say=acc.is_main_process)
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
@@ -193,7 +204,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
 
     def evaluate(step):
         net = ema.module if ema is not None else unwrap(acc, model)
-        report = report_for(predict(acc, net, val_set, cfg.data.batch_size, front), val_entries)  # same on every rank
+        report = report_for(predict(acc, net, val_set, cfg.data.batch_size, front, val_cache), val_entries)  # every rank
         epoch = step // steps_per_epoch
         # the mean over the emotions where Pearson is defined; the first evaluation is always kept,
         # so a finished run has best weights whatever its scores

@@ -34,7 +34,7 @@ NEEDED = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "accel
           "imagehash": "imagehash", "matplotlib": "matplotlib", "tqdm": "tqdm", "fsspec": "fsspec",
           "av": "av", "soundfile": "soundfile", "facenet-pytorch": "facenet_pytorch",
           "opencv-python-headless": "cv2", "sentencepiece": "sentencepiece", "pytest": "pytest"}
-BENCHMARKS = ("mae_step_gpu", "gpu_input", "eri_epoch", "fsdp_step")
+BENCHMARKS = ("mae_step_gpu", "mae_step_fast", "gpu_input", "gpu_input_photo", "eri_epoch", "fsdp_step")
 VERSIONS = ("torch", "torchvision", "timm", "accelerate", "transformers", "numpy")
 
 

@@ -16,6 +16,9 @@ class ModelSection:
     mask_ratio: float = 0.75
     init: str | None = None  # start from: an official MAE / MAE-Face .pth, a .safetensors, a timm folder or name
     grad_checkpointing: bool = False
+    # timm's LayerNorm in the autocast dtype: one kernel instead of a float32 norm + a cast (a speed
+    # switch for bf16 runs; the statistics then see bf16-rounded inputs). No effect in float32.
+    fast_norm: bool = False
 
 
 @dataclass
@@ -39,11 +42,15 @@ class DataSection:
     augment: str = "mae"  # mae: RandomResizedCrop + flip; resize: plain resize + flip (face MAE variants)
     scale: tuple[float, float] = (0.2, 1.0)
     interpolation: str = "bicubic"
-    # Where the crops are made. Default: in the loader workers. For GPU nodes short of CPU cores:
-    # device_augment crops, resizes and flips on the device (the workers only decode), and
-    # device_decode decodes the JPEGs there too (nvJPEG). The same crops and flips either way.
-    device_augment: bool = False
-    device_decode: bool = False
+    # Where the crops are made, the same crops and flips either way: "pixels" (the loader workers
+    # decode, crop, resize, flip), "decoded" (the workers decode; the device crops, resizes, flips)
+    # or "jpeg" (the device decodes too, nvJPEG: for GPU nodes short of CPU cores). "auto": the
+    # measured best for the device (shared/training/device_input.py AUTO_OUTPUT: pixels).
+    input_path: str = "auto"
+    device_augment: bool = False  # the same as input_path=decoded
+    device_decode: bool = False  # the same as input_path=jpeg
+    # prepare device batches (copy, nvJPEG decode, resize) in a thread ahead of the training loop
+    prepare_in_thread: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 

@@ -3,15 +3,32 @@ from __future__ import annotations
 
 from shared.errors import UserError
 from shared.stream import Augment, FaceStream, StreamConfig, build_sources
+from shared.stream.decode import OUTPUTS
 from shared.stream.synthetic import SyntheticStream
+from shared.training.device_input import auto_output
 
 from .config import DataSection
 
 
+def stream_output(cfg: DataSection, device_type: str) -> str:
+    """What the stream hands over (`StreamConfig.output`): data.input_path, or the legacy
+    device_decode / device_augment switches, or for "auto" the device's measured best."""
+    legacy = "jpeg" if cfg.device_decode else "decoded" if cfg.device_augment else None
+    if cfg.input_path not in ("auto", *OUTPUTS):
+        raise UserError(f"data.input_path={cfg.input_path!r}; expected auto, {', '.join(OUTPUTS)}")
+    if legacy and cfg.input_path not in ("auto", legacy):
+        raise UserError(f"data.input_path={cfg.input_path} contradicts data.device_{'decode' if legacy == 'jpeg' else 'augment'}"
+                        f"=true (input_path={legacy}); set one of them")
+    if legacy or cfg.input_path != "auto":
+        return legacy or cfg.input_path
+    return auto_output(device_type)
+
+
 def build_data(cfg: DataSection, *, image_size: int, seed: int, rank: int, world_size: int, pin_memory: bool,
-               micro_batch: int | None = None, global_batch: int | None = None):
+               micro_batch: int | None = None, global_batch: int | None = None, device_type: str = "cpu"):
     """The stream of this rank: `micro_batch` per batch (default data.batch_size), and in exact
-    mode `global_batch` samples per optimizer step over all ranks."""
+    mode `global_batch` samples per optimizer step over all ranks; its output for `device_type`
+    (`stream_output`)."""
     batch_size = micro_batch or cfg.batch_size
     if cfg.synthetic:
         return SyntheticStream(batch_size=batch_size, image_size=image_size,
@@ -26,5 +43,5 @@ def build_data(cfg: DataSection, *, image_size: int, seed: int, rank: int, world
                               global_batch=global_batch, lanes=cfg.lanes, shuffle_buffer=cfg.shuffle_buffer, block_size=cfg.block_size, seed=seed,
                               num_workers=cfg.num_workers, pin_memory=pin_memory, augment=augment,
                               exclude=list(cfg.exclude),
-                              output="jpeg" if cfg.device_decode else "decoded" if cfg.device_augment else "pixels")
+                              output=stream_output(cfg, device_type))
     return FaceStream(sources, stream_cfg, rank=rank, world_size=world_size)

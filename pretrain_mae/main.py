@@ -91,6 +91,7 @@ def main(argv=None) -> int:
         log.info("initialised from %s: %s", cfg.model.init, report.summary())
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    model.set_fast_norm(cfg.model.fast_norm)
     image_size = model.patch_embed.img_size[0]
     num_patches = model.patch_embed.num_patches
 
@@ -98,8 +99,8 @@ def main(argv=None) -> int:
                                                         cfg.data.batch_size, cfg.optim.grad_accum)
     data = build_data(cfg.data, image_size=image_size, seed=cfg.run.seed, rank=acc.process_index,
                       world_size=acc.num_processes, pin_memory=acc.device.type == "cuda", micro_batch=micro,
-                      global_batch=samples_per_step)
-    data = DeviceBatches(data, acc.device)  # images on the device, made there too with data.device_*
+                      global_batch=samples_per_step, device_type=acc.device.type)
+    data = DeviceBatches(data, acc.device, thread=cfg.data.prepare_in_thread)  # images on the device (made there too)
     total_steps = math.ceil(cfg.total_samples / samples_per_step) if cfg.total_samples else cfg.run.total_steps
     peak_lr = scaled_lr(cfg.optim.base_lr, samples_per_step, cfg.optim.lr)
     draws = per_sample_draws(model, cfg.run.seed, samples_per_step)  # drop path per sample, if any

@@ -72,6 +72,9 @@ class MaskedAutoencoder(VisionTransformer):
         self.model_name = "custom"  # set by build_mae
         self.timm_architecture = "vit_base_patch16_224"  # set by build_mae; see encoder_config
         self.norm_pix_loss = norm_pix_loss
+        # how the decoder input is assembled: not architecture (the same function either way), so
+        # not in mae_config; False is the reference's cat + gather, kept as the tests' oracle
+        self.decoder_scatter = True
         self.pos_embed.requires_grad_(False)  # fixed sin-cos, as the reference
         num_patches = self.patch_embed.num_patches
 
@@ -99,6 +102,16 @@ class MaskedAutoencoder(VisionTransformer):
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(_init_linear_and_norm)
+
+    def set_fast_norm(self, enabled: bool = True) -> None:
+        """timm's "fast" LayerNorm in every norm: under autocast it normalises in the autocast dtype
+        (apex's fused kernel where installed) and returns it, instead of autocast's float32 norm
+        and the cast of its output in front of the next matmul. A speed switch, not the reference's
+        numerics under autocast (the input is rounded to bf16 before the statistics); without
+        autocast it is `F.layer_norm` as before."""
+        for m in self.modules():
+            if isinstance(m, LayerNorm):
+                m._fast_norm = enabled
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -162,14 +175,39 @@ class MaskedAutoencoder(VisionTransformer):
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         x = self.decoder_embed(latent)  # (N, 1+K, Dd)
+        tokens = self._decoder_input_scatter if self.decoder_scatter else self._decoder_input_gather
+        x = tokens(x, ids_restore)  # (N, 1+L, Dd)
+        x = self._run_blocks(self.decoder_blocks, x)
+        x = self.decoder_pred(self.decoder_norm(x))  # (N, 1+L, P)
+        return x[:, 1:, :]  # drop cls
+
+    def _decoder_input_gather(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """The reference's decoder input: (N, 1+K, Dd) embedded tokens -> (N, 1+L, Dd), mask tokens
+        appended, unshuffled by a full-size gather, cls put back in front, positions added."""
         n, kept, dim = x.shape
         mask_tokens = self.mask_token.expand(n, ids_restore.shape[1] + 1 - kept, -1)  # (N, L-K, Dd)
         x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # (N, L, Dd), shuffled order
         x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))  # patch order
-        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed  # (N, 1+L, Dd)
-        x = self._run_blocks(self.decoder_blocks, x)
-        x = self.decoder_pred(self.decoder_norm(x))  # (N, 1+L, P)
-        return x[:, 1:, :]  # drop cls
+        return torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed  # (N, 1+L, Dd)
+
+    def _decoder_input_scatter(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """The same tensor as `_decoder_input_gather`, written once: a (1+L)-row table of
+        mask token + position, broadcast over the batch, with the 1+K real tokens (+ their
+        positions) scattered into their rows. The reference's three full-size copies (cat,
+        gather, cat) and its full-size add become one full-size write; every value is the same
+        sum of the same two operands, so the forward is bitwise equal (and the gradients equal
+        up to the summation order of the mask token's gradient)."""
+        n, kept, dim = x.shape
+        length = ids_restore.shape[1]
+        # the reference concatenates x with the fp32 mask token: under autocast that promotes
+        dtype = torch.promote_types(x.dtype, self.mask_token.dtype)
+        order = torch.arange(length, device=ids_restore.device).expand(n, -1)
+        ids_shuffle = torch.empty_like(ids_restore).scatter_(1, ids_restore, order)  # inverse permutation
+        rows = torch.cat([ids_restore.new_zeros(n, 1), ids_shuffle[:, :kept - 1] + 1], dim=1)  # (N, 1+K)
+        pos = self.decoder_pos_embed[0]  # (1+L, Dd)
+        real = x.to(dtype) + pos[rows]  # (N, 1+K, Dd)
+        table = (self.mask_token + self.decoder_pos_embed).to(dtype)  # (1, 1+L, Dd)
+        return table.expand(n, -1, -1).scatter(1, rows.unsqueeze(-1).expand(-1, -1, dim), real)
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error per patch, averaged over the removed patches only."""

@@ -16,6 +16,7 @@ from run_utils import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks import their helpers by module name
 import common  # noqa: E402
+import levers  # noqa: E402
 import mfu  # noqa: E402
 from pretrain_mae.model import build_mae  # noqa: E402
 
@@ -72,9 +73,10 @@ def test_every_benchmark_is_listed_with_its_command():
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == ["input_pipeline", "exact_stream", "mae_step_cpu", "mae_step_gpu", "gpu_input", "eri_epoch",
-                     "extract_speed", "fsdp_step", "profile_step", "profile_eri_epoch"]
-    assert all("--quick" in line for line in proc.stdout.splitlines()[:8])
+    assert names == ["input_pipeline", "exact_stream", "mae_step_cpu", "mae_step_gpu", "mae_step_fast", "gpu_input",
+                     "gpu_input_photo", "eri_epoch", "extract_speed", "fsdp_step", "profile_step", "profile_eri_epoch",
+                     "mae_levers"]
+    assert all("--quick" in line for line in proc.stdout.splitlines()[:10])
 
 
 @pytest.mark.parametrize("name", ["mae_vit_test", "mae_vit_tiny_patch16"])
@@ -112,3 +114,55 @@ def test_timing_helpers():
     assert common.verdict(2.0, 2.0) == "PASS" and common.verdict(1.99, 2.0) == "FAIL"
     assert common.verdict(39.0, 40.0, higher_is_better=False) == "PASS"
     assert common.verdict(41.0, 40.0, higher_is_better=False) == "FAIL"
+
+
+def test_bf16_master_weights_train_exactly_as_bf16_autocast():
+    """bf16 weights with float32 masters in AdamW are autocast's arithmetic without its per-step
+    casts: the same losses and the same float32 weights, bit for bit, step after step."""
+    runs = []
+    for bf16_weights in (False, True):
+        torch.manual_seed(0)
+        mae = build_mae("mae_vit_test")
+        step = levers.build_step(mae, levers.Levers(bf16_weights=bf16_weights), torch.device("cpu"), 4, "bf16")
+        gen = torch.Generator().manual_seed(1)
+        images = torch.randn(4, 3, 32, 32, generator=gen)
+        losses = [step(images, torch.rand(4, 16, generator=gen)).item() for _ in range(3)]
+        weights = dict(mae.named_parameters())
+        if bf16_weights:
+            optimizer = step.optimizer
+            assert mae.blocks[0].attn.qkv.weight.dtype == torch.bfloat16 and mae.norm.weight.dtype == torch.float32
+            assert torch.equal(optimizer.low[0], optimizer.masters[0].to(torch.bfloat16))  # the masters, rounded
+            masters = {id(p): m for p, m in zip(optimizer.low, optimizer.masters)}
+            weights = {n: masters.get(id(p), p) for n, p in weights.items()}
+        runs.append((losses, {n: p.detach().clone() for n, p in weights.items()}))
+    (losses, weights), (losses_bf16, weights_bf16) = runs
+    assert losses == losses_bf16 and len(set(losses)) == 3
+    assert all(torch.equal(weights[n], weights_bf16[n]) for n in weights)
+    with pytest.raises(ValueError, match="need dtype bf16"):
+        levers.build_step(build_mae("mae_vit_test"), levers.Levers(bf16_weights=True), torch.device("cpu"), 4, "fp32")
+
+
+def test_mae_step_levers_run_on_cpu_and_the_fast_rows_carry_the_issue_targets(capsys):
+    import mae_step
+    mae_step.main(["--device", "cpu", "--model", "mae_vit_test", "--batch-size", "4", "--steps", "2", "--repeats", "1",
+                   "--warmup", "1", "--dtype", "bf16", "--fast-norm", "--bf16-weights"])
+    out = capsys.readouterr().out
+    assert "levers:  ours: scatter decoder, fast LayerNorm, bf16 weights + fp32 masters; transformers: eager" in out
+    gap = float(re.search(r"\|loss ours - loss transformers\| on the first batch = (\S+)", out).group(1))
+    assert gap < 1e-2  # the same function (bf16 rounding apart)
+    fast = mae_step.rows(SimpleNamespace(fast=True), "cuda")
+    assert fast["ratio"] == ("mae_step fast (GPU)", "≥ 1.5x", 1.5)
+    assert fast["rate"] == ("mae_step fast (GPU) img/s", "≥ 7,000 img/s", 7000.0)
+
+
+def test_the_eri_epoch_device_cache_holds_videos_of_the_real_shapes():
+    import eri_epoch
+    loader = eri_epoch.cache_loader(20, torch.device("cpu"))
+    batches = list(loader)
+    assert len(batches) == 2 and all(len(b["file_id"]) == 16 for b in batches)  # 20 videos: the last batch padded
+    batch = batches[0]
+    assert batch["visual"].shape == (16, 32, 768) and batch["visual"].dtype == torch.float32
+    lengths = {m: batch[f"{m}_mask"].sum(1) for m in ("audio", "text")}
+    assert 300 <= lengths["audio"].min() and lengths["audio"].max() <= 800
+    assert batch["audio"].shape[1] == lengths["audio"].max() and batch["text"].shape[2] == 1024
+    assert 1 <= lengths["text"].min() and lengths["text"].max() <= 64

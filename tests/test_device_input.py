@@ -145,3 +145,60 @@ def test_device_outputs_need_a_resizing_augmentation():
                      output="decoded")
     with pytest.raises(UserError, match="stream output"):
         StreamConfig(batches_per_epoch=1, output="gpu")
+
+
+@pytest.mark.parametrize("output", ["pixels", "jpeg"])
+def test_batches_prepared_in_a_thread_are_the_same_and_so_is_the_position(shards, output):
+    """thread=True: the same batches in the same order; the position saved after k batches is the
+    position after the k handed out (the thread has prepared more), and resumes to the same rest."""
+    whole = list(DeviceBatches(stream(shards, output, batches_per_epoch=6), "cpu"))
+    threaded = DeviceBatches(stream(shards, output, batches_per_epoch=6), "cpu", thread=True, depth=3)
+    epochs = []
+    for epoch in range(2):
+        epochs.append(list(threaded))
+        assert len(epochs[-1]) == 6 and threaded.state_dict() == threaded.data.state_dict()  # a whole pass
+        assert threaded.state_dict()["epoch"] == epoch + 1 and threaded.state_dict()["batch"] == 0
+    assert all(a["key"] == b["key"] and torch.equal(a["image"], b["image"]) for a, b in zip(whole, epochs[0]))
+    assert [b["key"] for b in epochs[1]] != [b["key"] for b in epochs[0]]
+    first, inline = (DeviceBatches(stream(shards, output, batches_per_epoch=6), "cpu", thread=t) for t in (True, False))
+    it, it_inline = iter(first), iter(inline)
+    head = [next(it) for _ in range(2)]
+    head_inline = [next(it_inline) for _ in range(2)]
+    assert all(a["key"] == b["key"] and torch.equal(a["image"], b["image"]) for a, b in zip(head, head_inline))
+    saved = first.state_dict()
+    assert saved == inline.state_dict() and saved["batch"] == 2
+    it.close()  # stops the thread, which had prepared batches beyond the second
+    resumed = DeviceBatches(stream(shards, output, batches_per_epoch=6), "cpu", thread=True)
+    resumed.load_state_dict(saved)
+    rest = list(resumed)
+    assert [b["key"] for b in head + rest] == [b["key"] for b in whole]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(head + rest, whole))
+
+
+def test_an_error_in_the_preparing_thread_reaches_the_training_thread(shards):
+    class Broken:
+        def __iter__(self):
+            yield from stream(shards, "pixels")
+            raise OSError("shard vanished")
+
+        def state_dict(self):
+            return {}
+
+    batches = DeviceBatches(Broken(), "cpu", thread=True)
+    with pytest.raises(OSError, match="shard vanished"):
+        list(batches)
+
+
+def test_the_input_path_is_one_setting_with_a_measured_default_per_device():
+    from pretrain_mae.config import DataSection
+    from pretrain_mae.data import stream_output
+    from shared.training.device_input import AUTO_OUTPUT
+    assert stream_output(DataSection(), "cuda") == AUTO_OUTPUT["cuda"] == "pixels"
+    assert stream_output(DataSection(), "cpu") == "pixels"
+    assert stream_output(DataSection(input_path="jpeg"), "cuda") == "jpeg"
+    assert stream_output(DataSection(device_augment=True), "cuda") == "decoded"  # the older switches still work
+    assert stream_output(DataSection(device_decode=True, device_augment=True, input_path="jpeg"), "cpu") == "jpeg"
+    with pytest.raises(UserError, match="data.input_path=pixels contradicts data.device_decode=true"):
+        stream_output(DataSection(input_path="pixels", device_decode=True), "cuda")
+    with pytest.raises(UserError, match="expected auto, pixels, decoded, jpeg"):
+        stream_output(DataSection(input_path="gpu"), "cuda")

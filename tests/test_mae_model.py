@@ -192,3 +192,53 @@ def test_gradient_checkpointing_same_loss_and_grads():
     torch.testing.assert_close(grads[0][0], grads[1][0], atol=0, rtol=0)
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, ODD], ids=["mae_vit_test", "p4_img24"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16_autocast"])
+def test_scatter_decoder_input_is_the_reference_gather(overrides, bf16):
+    """The default decoder input (one scatter) against the reference's cat + gather + cat: the same
+    forward bit for bit, in float32 and under autocast, and the same gradients (the mask token's
+    summed in another order)."""
+    torch.manual_seed(0)
+    mae = build_mae("mae_vit_test", **overrides)
+    size = mae.mae_config["img_size"]
+    imgs, noise = torch.randn(3, 3, size, size), torch.rand(3, mae.patch_embed.num_patches)
+    runs = []
+    for scatter in (False, True):
+        mae.decoder_scatter = scatter
+        mae.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            latent, _, ids_restore = mae.forward_encoder(imgs, 0.75, noise)
+            tokens = mae._decoder_input_scatter if scatter else mae._decoder_input_gather
+            decoder_input = tokens(mae.decoder_embed(latent), ids_restore)
+            loss, pred, mask = mae(imgs, noise=noise)
+        loss.backward()
+        runs.append((decoder_input.detach(), loss.detach(), pred.detach(),
+                     {n: p.grad.clone() for n, p in mae.named_parameters() if p.grad is not None}))
+    (x0, loss0, pred0, grads0), (x1, loss1, pred1, grads1) = runs
+    assert x0.dtype == x1.dtype == torch.float32 and x0.shape == (3, 1 + mae.patch_embed.num_patches, x0.shape[-1])
+    assert torch.equal(x0, x1) and torch.equal(loss0, loss1) and torch.equal(pred0, pred1)
+    assert set(grads0) == set(grads1)
+    for name, grad in grads0.items():
+        if name == "mask_token":
+            torch.testing.assert_close(grads1[name], grad, rtol=1e-5, atol=1e-8)
+        else:
+            assert torch.equal(grads1[name], grad), name
+
+
+def test_fast_norm_is_the_plain_norm_in_fp32_and_a_bf16_norm_under_autocast():
+    torch.manual_seed(0)
+    mae = build_mae("mae_vit_test")
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        plain = mae(imgs, noise=noise)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain_bf16, norm_out = mae(imgs, noise=noise)[0], mae.decoder_norm(torch.randn(2, 5, 16))
+        mae.set_fast_norm(True)
+        assert torch.equal(mae(imgs, noise=noise)[0], plain)  # no autocast: F.layer_norm, as before
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast_bf16, fast_out = mae(imgs, noise=noise)[0], mae.decoder_norm(torch.randn(2, 5, 16))
+    assert norm_out.dtype == torch.float32 and fast_out.dtype == torch.bfloat16  # autocast's fp32 norm, or not
+    assert not torch.equal(fast_bf16, plain_bf16)
+    torch.testing.assert_close(fast_bf16, plain_bf16, rtol=2e-2, atol=0)

@@ -50,6 +50,8 @@ STAGE1 = {  # switch -> (overrides, relative tolerance of the losses against the
     "device_input": (["data.device_decode=true", "data.device_augment=true"], 2e-2),  # pixels a level apart
     "grad_checkpointing": (["model.grad_checkpointing=true"], 1e-5),
     "grad_accum": (["optim.grad_accum=2", "data.batch_size=4"], None),  # other masks: no loss to compare
+    "fast_norm_bf16": (["run.mixed_precision=bf16", "model.fast_norm=true"], 5e-2),  # bf16 norms: close losses
+    "input_path_thread": (["data.input_path=decoded", "data.prepare_in_thread=true"], 2e-2),
 }
 
 

@@ -20,6 +20,8 @@ queued before them. Everything also runs on CPU tensors, which is how it is test
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from typing import Iterator
 
 import torch
@@ -28,6 +30,20 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from ..stream.decode import decode_image
 
 log = logging.getLogger(__name__)
+
+# The stream output a stage reads on each kind of device when it is not set ("auto"). On CUDA the
+# workers make the pixels: on one H200 with 14 workers at the eager ViT-B/16 step (3,526 images/s
+# on on-device data) pixels fed 0.93x, jpeg 0.87x (the training thread waited 53 % of the time:
+# nvJPEG's batched decode returns only when done, holding back the next step's queueing) and
+# decoded 0.76x (the workers still decode, and ship the full images). benchmarks/README.md, "Input
+# paths", has the reasons and what remains to measure (the compiled step, photo-sized JPEGs,
+# DeviceBatches(thread=True)).
+AUTO_OUTPUT = {"cuda": "pixels"}
+
+
+def auto_output(device_type: str) -> str:
+    """The stream output for "auto" on `device_type` (AUTO_OUTPUT; "pixels" elsewhere)."""
+    return AUTO_OUTPUT.get(device_type, "pixels")
 
 
 # ----------------------------------------------------------------------------- resampling
@@ -175,11 +191,19 @@ class DeviceBatches:
     where it uses the images: the host keeps queueing work, so the copy (from pinned memory),
     the decode and the resize run while the previous step computes. On other devices the
     batch is prepared in line; "pixels" batches on the CPU pass through untouched.
+
+    `thread=True` prepares the batches in a background thread, `depth` ahead. nvJPEG's batched
+    decode returns only when the batch is decoded (torchvision synchronises its stream), and a
+    decode in the training thread holds back the queueing of the next step; in a thread it
+    overlaps it. The batches are the same, in the same order; `state_dict` is the stream's
+    position after the last batch handed out, not after those prepared ahead of it.
     """
 
-    def __init__(self, data, device: torch.device | str):
+    def __init__(self, data, device: torch.device | str, thread: bool = False, depth: int = 2):
         self.data, self.device = data, torch.device(device)
+        self.thread, self.depth = thread, depth
         self._side = None
+        self._position: dict | None = None  # threaded: the stream's state with the last batch handed out
 
     def __len__(self) -> int:
         return len(self.data)
@@ -188,12 +212,20 @@ class DeviceBatches:
         """Everything else (error counts, messages, ...) is the stream's, where it has it."""
         if name == "data":  # not set yet (unpickling): no recursion
             raise AttributeError(name)
-        return getattr(self.data, name)
+        attr = getattr(self.data, name)
+        if name != "load_saved_states":
+            return attr
+
+        def load_saved_states(*args, **kwargs):  # an exact stream's resume: its position is the stream's again
+            self._position = None
+            return attr(*args, **kwargs)
+        return load_saved_states
 
     def state_dict(self) -> dict:
-        return self.data.state_dict()
+        return dict(self._position) if self._position is not None else self.data.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        self._position = None
         self.data.load_state_dict(state)
 
     def prepare(self, batch: dict) -> dict:
@@ -204,17 +236,69 @@ class DeviceBatches:
             batch["image"] = batch["image"].to(self.device, non_blocking=True)
         return batch
 
-    def __iter__(self) -> Iterator[dict]:
+    def _prepared(self) -> Iterator[tuple[dict, torch.cuda.Event | None]]:
+        """(batch with "image" on the device, the event after its preparation on CUDA)."""
         if self.device.type != "cuda":
             for batch in self.data:
-                yield self.prepare(batch)
+                yield self.prepare(batch), None
             return
         if self._side is None:
             self._side = torch.cuda.Stream(self.device)
         for batch in self.data:
             with torch.cuda.stream(self._side):
                 batch = self.prepare(batch)
+                ready = torch.cuda.Event()
+                ready.record(self._side)
+            yield batch, ready
+
+    def _handed_out(self, batch: dict, ready) -> dict:
+        if ready is not None:
             main = torch.cuda.current_stream(self.device)
-            main.wait_stream(self._side)
+            main.wait_event(ready)
             batch["image"].record_stream(main)  # its memory is not reused before the step is done with it
-            yield batch
+        return batch
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.thread:
+            yield from self._threaded()
+            return
+        for batch, ready in self._prepared():
+            yield self._handed_out(batch, ready)
+
+    def _threaded(self) -> Iterator[dict]:
+        ahead: queue.Queue = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+        end = object()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # the current device is per thread
+            try:
+                for batch, ready in self._prepared():
+                    if not put((batch, ready, self.data.state_dict())):
+                        return
+                put(end)
+            except BaseException as exn:  # noqa: BLE001 - raised again in the training thread
+                put(exn)
+
+        worker = threading.Thread(target=work, name="device-batches", daemon=True)
+        worker.start()
+        try:
+            while (item := ahead.get()) is not end:
+                if isinstance(item, BaseException):
+                    raise item
+                batch, ready, self._position = item
+                yield self._handed_out(batch, ready)
+            self._position = None  # a whole pass: the stream's own position (the next epoch)
+        finally:
+            stop.set()
+            worker.join(timeout=60)

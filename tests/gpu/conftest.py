@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gpu_utils import DRY_RUN, ON_GPU, ROOT
+from .gpu_utils import DRY_RUN, ON_GPU, ROOT
 from shared.builtin_data import ROOT_ENV
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_utils import DEVICE, record, requires_gpu
+from .gpu_utils import DEVICE, record, requires_gpu
 from shared.stream import Augment
 from shared.stream.decode import augment_image, pack_plans, plan_image
 from shared.training.device_input import plan_to_images

@@ -14,11 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gpu_utils import COMPILE_BACKEND, DEVICE, DRY_RUN, launch, metrics, record, requires_gpu
+from .gpu_utils import COMPILE_BACKEND, DEVICE, DRY_RUN, launch, metrics, record, requires_gpu
 
 pytestmark = requires_gpu
 
-STEPS = 60
+# a dry run on the CPU (bf16 there is slow) checks the plumbing with a tenth of the steps
+STEPS, FINETUNE_STEPS, ERI_EPOCHS = (60, 80, 4) if DEVICE == "cuda" else (6, 8, 2)
+SHORT = [] if DEVICE == "cuda" else ["optim.warmup_steps=1"]
 BF16 = "run.mixed_precision=bf16"
 STAGE1 = {
     "bf16": [],
@@ -30,8 +32,8 @@ STAGE1 = {
 
 def stage1(out, variant: str):
     args = ["--config", "pretrain_mae/configs/demo_cpu.yaml", f"run.output_dir={out}", BF16,
-            f"run.total_steps={STEPS}", "run.save_every=30", "figures.every=30", "run.log_every=5",
-            "run.trackers=[]", *STAGE1[variant]]
+            f"run.total_steps={STEPS}", f"run.save_every={STEPS // 2}", f"figures.every={STEPS // 2}",
+            f"run.log_every={max(1, STEPS // 12)}", "run.trackers=[]", *SHORT, *STAGE1[variant]]
     config = "launch/accelerate/fsdp_vit.yaml" if variant == "fsdp" else None
     return launch("pretrain_mae/main.py", *args, config_file=config)
 
@@ -87,8 +89,9 @@ def stage2_run(stage1_runs, tmp_path_factory):
     encoder = stage1_runs("bf16") / "export" / "encoder"
     launch("finetune_affectnet/main.py", "--config", "finetune_affectnet/configs/demo_cpu.yaml",
            f"model.encoder={encoder}", f"run.output_dir={out}", BF16, "run.compile=true",
-           f"run.compile_backend={COMPILE_BACKEND}", "run.total_steps=80", "eval.every=40",
-           "run.save_every=40", "ema_decay=0.99", "run.trackers=[]")
+           f"run.compile_backend={COMPILE_BACKEND}", f"run.total_steps={FINETUNE_STEPS}",
+           f"eval.every={FINETUNE_STEPS // 2}", f"run.save_every={FINETUNE_STEPS // 2}", "ema_decay=0.99",
+           "run.trackers=[]", *SHORT)
     return out
 
 
@@ -128,7 +131,7 @@ def test_stage3a_extracts_faces_and_features_on_the_gpu(store):
 def test_stage3b_trains_the_eri_model_on_the_gpu(store, tmp_path):
     out = tmp_path / "eri"
     launch("eri_downstream/train.py", "--config", "eri_downstream/configs/demo_cpu.yaml", f"data.store={store}",
-           f"run.output_dir={out}", BF16, "epochs=4", "run.trackers=[]")
+           f"run.output_dir={out}", BF16, f"epochs={ERI_EPOCHS}", "run.trackers=[]")
     report = json.loads((out / "report.json").read_text())
     assert report["videos"] > 0 and (out / "submission.csv").is_file()
     record("stage 3b (bf16)", mean_pearson=round(report["mean"], 3), videos=report["videos"])
