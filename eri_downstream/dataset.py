@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import UserError
+from shared.recognise import described
 from shared.tables import csv_records
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def load_dataset(root: Path | str) -> list[VideoEntry]:
     if (root / MUSE_LABELS).is_file() or (root / MUSE_PARTITION).is_file():
         return _load_muse(root)
     raise UserError(f"{root} holds neither {ABAW5_TABLE} (ABAW5) nor {MUSE_LABELS} + "
-                    f"{MUSE_PARTITION} (MuSe 2022); point to the Hume-Reaction folder")
+                    f"{MUSE_PARTITION} (MuSe 2022); point to the Hume-Reaction folder{described(root)}")
 
 
 def splits_of(entries: list[VideoEntry], path: Path | str, need: tuple[str, ...] = ("train", "val")

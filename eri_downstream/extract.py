@@ -25,6 +25,7 @@ from eri_downstream.steps import STEPS, run_step
 from eri_downstream.store import FeatureStore
 from shared import builtin_data
 from shared.errors import UserError, run_cli
+from shared.launcher import launch
 
 log = logging.getLogger("eri_downstream.extract")
 
@@ -89,18 +90,26 @@ def use_builtin(args, state) -> None:
     """The built-in reaction videos: their transcripts go into the store (as a user's own
     transcripts would, so no ASR model is needed) and the tiny built-in audio / text encoders
     stand in for the hub models unless others are named."""
+    base, found = builtin_data.locate("reactions", "models")
+    if state.is_main_process:  # before any work: which data, or that it is being made and where
+        builtin_data.say("reaction videos, transcripts and tiny audio / text encoders", base, found, own="--data")
     with state.main_process_first():
-        args.data = str(builtin_data.reactions())
-        models = builtin_data.text_models()
-    args.store = args.store or str(builtin_data.root() / "features")
+        args.data = str(builtin_data.reactions(base))
+        models = builtin_data.text_models(base)
+    args.store = args.store or str(base / "features")
     args.audio_model, args.text_model = args.audio_model or str(models["audio"]), args.text_model or str(models["text"])
     if state.is_main_process:
-        builtin_data.announce("reaction videos, transcripts and tiny audio / text encoders", builtin_data.root())
         store = FeatureStore(args.store)
         store.root.mkdir(parents=True, exist_ok=True)
         given = builtin_data.transcripts(args.data)
         store.write_transcripts({**given, **store.read_transcripts()})  # edits made in the store win
     state.wait_for_everyone()
+
+
+def entry() -> None:
+    """`affect-extract`: this stage on one process or several, ending with its own line and status
+    (`accelerate launch`'s options first; see shared/launcher.py)."""
+    raise SystemExit(launch(main, "eri_downstream.extract", "affect-extract"))
 
 
 if __name__ == "__main__":

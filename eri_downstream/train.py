@@ -32,14 +32,16 @@ from eri_downstream.dataset import EMOTIONS, read_table, splits_of
 from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
 from eri_downstream.folds import cv_folds, write_submission
 from eri_downstream.loader import EpochLoader
-from eri_downstream.model import ERIModel, ERIModelConfig
+from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
 from eri_downstream.store import FeatureStore
 from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
 from shared.config import from_dict, load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
+from shared.launcher import launch
 from shared.metrics import constant_columns, pearson_report
-from shared.plots import bar_chart, learning_curves, scatter_grid
+from shared.plots import bar_chart, loss_and_score, scatter_grid
+from shared.recognise import described
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
 from shared.training.loop import Hook, read_metrics, train
@@ -50,6 +52,7 @@ from shared.training.setup import init_tracking, make_accelerator
 from shared.training.wrappers import prepare, refuse_sharding, unwrap
 
 log = logging.getLogger("eri_downstream.train")
+VALIDATION = "validation.jsonl"  # one row per evaluation: epoch, step, mean and mean_defined Pearson
 
 
 def to_device(batch: dict, device) -> dict:
@@ -112,6 +115,14 @@ def say_constant_columns(val_entries, say: bool = True) -> None:
         log.warning("validation column(s) %s constant (%s over %d videos): Pearson undefined there, shown as NaN; "
                     "selecting on the mean over the other %d emotions", ", ".join(constant),
                     ", ".join(f"all {v:g}" for v in constant.values()), len(true), len(EMOTIONS) - len(constant))
+
+
+def check_modalities(modalities) -> None:
+    """A UserError naming what is not a modality (before any feature file is looked for)."""
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities or len(set(modalities)) != len(modalities):
+        raise UserError(f"model.modalities={list(modalities)}: expected a non-empty subset of {', '.join(MODALITIES)} "
+                        f"without repeats{' (not modalities: ' + ', '.join(map(str, unknown)) + ')' if unknown else ''}")
 
 
 def feature_dims(store: Path, modalities, file_id: str) -> dict[str, int]:
@@ -178,6 +189,8 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
         best = json.loads((out / "best.json").read_text())
     if acc.is_main_process:
         StopRequest.clear_markers(out)
+        if state is None:  # a fresh start: no epochs of an earlier run in the curves
+            (out / VALIDATION).unlink(missing_ok=True)
     preempt = StopRequest(acc, out, check_every=cfg.run.stop_check_every)
 
     def loss_fn(model, batch, micro_step):
@@ -205,6 +218,9 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
                     step=step)
             log.info("epoch %d: validation mean Pearson %.4f%s%s", epoch, report["mean"], _defined(report),
                      " (best)" if improved else "")
+            with open(out / VALIDATION, "a") as f:  # the learning-curve figure's validation line
+                f.write(json.dumps({"epoch": epoch, "step": step, "mean": report["mean"],
+                                    "mean_defined": report["mean_defined"]}) + "\n")
             if improved:
                 save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "best.safetensors"))
                 (out / "best_report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -249,13 +265,30 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
         if test_pred:  # this model's test predictions, in the submission format
             write_submission(out / "submission.csv", list(test_pred), np.stack(list(test_pred.values())))
         labelled = [e for e in val_entries if e.labels is not None]
-        bar_chart(report["per_emotion"], out / "per_emotion_pearson.png",
-                  title=f"validation Pearson, mean {report['mean']:.4f}", ylabel="Pearson r")
+        chosen = f"the model of epoch {report['best_epoch']} (best validation mean Pearson)"
+        bar_chart(report["per_emotion"], out / "per_emotion_pearson.png", xlabel="emotion",
+                  title=f"validation Pearson r, mean {report['mean']:.4f}:\n{chosen}", ylabel="Pearson r")
         scatter_grid(np.stack([val_pred[e.file_id] for e in labelled]), np.array([e.labels for e in labelled]),
-                     EMOTIONS, out / "predicted_vs_true.png", title="validation")
-        learning_curves(read_metrics(out / "metrics.jsonl"), ["loss"], out / "learning_curves.png", title="training loss (MSE)")
+                     EMOTIONS, out / "predicted_vs_true.png", title=f"validation intensities, {chosen}")
+        curves(out, report["best_epoch"])
     acc.wait_for_everyone()
     return result
+
+
+def curves(out: Path, chosen: int) -> None:
+    """learning_curves.png: training loss per log step and validation mean Pearson per epoch,
+    against the epoch, with the chosen epoch marked."""
+    validation = {}
+    for line in (out / VALIDATION).read_text().splitlines():  # a resumed run appends: the last row counts
+        row = json.loads(line)
+        validation[row["epoch"]] = row
+    rows = [validation[e] for e in sorted(validation)]
+    defined = all(r["mean"] == r["mean_defined"] for r in rows)  # NaN != NaN: constant columns say so
+    score = "validation mean Pearson" if defined else "validation mean Pearson\n(emotions whose truth varies)"
+    loss_and_score(read_metrics(out / "metrics.jsonl"), [{"epoch": r["epoch"], "score": r["mean_defined"]} for r in rows],
+                   chosen, out / "learning_curves.png", steps_per_epoch=rows[0]["step"] / rows[0]["epoch"],
+                   loss="training loss (MSE, mean per log step)", score=score,
+                   title="stage 3b: training loss and validation score per epoch")
 
 
 def main(argv=None) -> int:
@@ -263,16 +296,21 @@ def main(argv=None) -> int:
     cfg = load_config(ERIConfig, args.config, args.overrides)
     if args.resume:
         cfg.run.resume = args.resume
+    check_modalities(cfg.model.modalities)
     if not cfg.data.store:
-        builtin = builtin_data.root() / "features"
-        if not (builtin / "videos.csv").is_file():
-            raise UserError("no data: set data.store to the feature store written by eri_downstream/extract.py "
-                            "(or run `eri_downstream/extract.py all --encoder ...` without --data for the built-in one)")
-        builtin_data.announce("reaction videos' feature store", builtin)
-        cfg.data.store = str(builtin)
+        base, found = builtin_data.locate("features")
+        if not found:
+            raise UserError(f"no data given (data.store) and no built-in feature store in "
+                            f"{', '.join(str(p / 'features') for p in builtin_data.places())}: set data.store to a store "
+                            "that stage 3a wrote, or write the built-in one with `affect-extract all --encoder ENCODER` "
+                            f"(no --data); {builtin_data.ROOT_ENV}=DIR finds built-in data made elsewhere (a demo's "
+                            "<its --out>/data)")
+        builtin_data.say("reaction videos' feature store", base / "features", True, own="data.store")
+        cfg.data.store = str(base / "features")
     store = Path(cfg.data.store)
     if not (store / "videos.csv").is_file():
-        raise UserError(f"{store}: no videos.csv; run `eri_downstream/extract.py table` (or any step) first")
+        hint = described(store) or f"; stage 3a writes one: `affect-extract all --data RAW --store {store} --encoder ENC`"
+        raise UserError(f"{store}: no videos.csv, so not a feature store{hint}")
     if cfg.optim.grad_accum != 1:  # one optimizer step per batch of videos, as the epoch hooks count them
         raise UserError(f"optim.grad_accum={cfg.optim.grad_accum}: stage 3b steps once per batch of videos; "
                         "raise data.batch_size instead (the paper's 16 videos fit any device)")
@@ -342,6 +380,12 @@ def cv_summary(results: list[dict], pool, run_dir: Path, acc) -> dict:
             write_submission(run_dir / "submission.csv", ids, ensemble)
         (run_dir / "cv_results.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def entry() -> None:
+    """`affect-train-eri`: this stage on one process or several, ending with its own line and status
+    (`accelerate launch`'s options first; see shared/launcher.py)."""
+    raise SystemExit(launch(main, "eri_downstream.train", "affect-train-eri"))
 
 
 if __name__ == "__main__":

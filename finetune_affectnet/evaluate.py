@@ -44,7 +44,8 @@ def save_report(report: dict, out_dir: Path, title: str | None = None) -> np.nda
     """report.json + confusion_matrix.png in out_dir; returns the rendered matrix."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    title = title or (f"{report.get('split', 'validation')}: top-1 {report['top1']:.3f}, "
+    step = f", step {report['step']}" if "step" in report else ""
+    title = title or (f"{report.get('split', 'validation')}{step}: top-1 {report['top1']:.3f}, "
                       f"balanced {report['balanced_accuracy']:.3f}")
     return confusion_matrix_figure(report["confusion_matrix"], report["class_names"],
                                    out_dir / "confusion_matrix.png", title=title)

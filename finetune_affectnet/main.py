@@ -25,6 +25,7 @@ from finetune_affectnet.regularize import Objective
 from shared import builtin_data
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
+from shared.launcher import launch
 from shared.training.batching import split_global_batch
 from shared.training.checkpoint import Checkpointer
 from shared.training.images import normalize
@@ -50,6 +51,10 @@ def main(argv=None) -> int:
         raise UserError("no encoder: set model.encoder to a stage-1 export folder, an official MAE .pth or a timm name")
     acc = make_accelerator(cfg.run)
     run_dir = Path(cfg.run.output_dir)
+    if not cfg.data.shards:  # said (and made, once) before any other work
+        shards = builtin_data.made_once(acc, builtin_data.face_shards, "expression faces (AffectNet layout)",
+                                        part="shards", own="data.shards")
+        cfg.data.shards = str(shards["affectnet"])
 
     label_map, class_names = class_set(cfg.data)
 
@@ -65,9 +70,6 @@ def main(argv=None) -> int:
         model.encoder.set_grad_checkpointing(True)
     mean, std = tuple(cfg.data.mean or info.mean), tuple(cfg.data.std or info.std)
     image_size = cfg.data.image_size or info.input_size[-1]
-    if not cfg.data.shards:
-        shards = builtin_data.made_once(acc, builtin_data.face_shards, "expression faces (AffectNet layout)")
-        cfg.data.shards = str(shards["affectnet"])
     micro, accum, samples_per_step = split_global_batch(cfg.data.global_batch, acc.num_processes,
                                                         cfg.data.batch_size, cfg.optim.grad_accum)
     train_stream, val_stream = build_streams(cfg.data, image_size=image_size, mean=mean, seed=cfg.run.seed,
@@ -178,6 +180,12 @@ def main(argv=None) -> int:
     acc.wait_for_everyone()
     acc.end_training()
     return 0
+
+
+def entry() -> None:
+    """`affect-finetune`: this stage on one process or several, ending with its own line and status
+    (`accelerate launch`'s options first; see shared/launcher.py)."""
+    raise SystemExit(launch(main, "finetune_affectnet.main", "affect-finetune"))
 
 
 if __name__ == "__main__":

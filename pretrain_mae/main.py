@@ -25,6 +25,7 @@ from shared.checkpoints import load_into, load_state_dict_file
 from shared.encoders import load_encoder, spec_kind, stored_pool
 from shared.config import load_config, parse_cli, to_dict
 from shared.errors import run_cli
+from shared.launcher import launch
 from shared.stream.reading import derive_seed
 from shared.training.batching import split_global_batch
 from shared.training.checkpoint import Checkpointer
@@ -79,6 +80,10 @@ def main(argv=None) -> int:
         cfg.run.resume = args.resume
     acc = make_accelerator(cfg.run)
     run_dir = Path(cfg.run.output_dir)
+    if not cfg.data.sources and not cfg.data.synthetic:  # said (and made, once) before any other work
+        shards = builtin_data.made_once(acc, builtin_data.face_shards, "faces (AffectNet, CelebA, CASIA-WebFace "
+                                        "layouts)", part="shards", own="data.sources")
+        cfg.data.sources = {name: str(folder) for name, folder in shards.items()}
 
     model = build_mae(cfg.model.name, **cfg.model.overrides)
     if cfg.model.init:
@@ -90,9 +95,6 @@ def main(argv=None) -> int:
     image_size = model.patch_embed.img_size[0]
     num_patches = model.patch_embed.num_patches
 
-    if not cfg.data.sources and not cfg.data.synthetic:
-        shards = builtin_data.made_once(acc, builtin_data.face_shards, "faces (AffectNet, CelebA, CASIA-WebFace layouts)")
-        cfg.data.sources = {name: str(folder) for name, folder in shards.items()}
     micro, accum, samples_per_step = split_global_batch(cfg.data.global_batch, acc.num_processes,
                                                         cfg.data.batch_size, cfg.optim.grad_accum)
     data = build_data(cfg.data, image_size=image_size, seed=cfg.run.seed, rank=acc.process_index,
@@ -155,6 +157,10 @@ def main(argv=None) -> int:
         stop.acknowledge()
         acc.end_training()
         return EXIT_REQUEUE
+    if step < total_steps and acc.is_main_process:  # stop_after: this job's share is done, the run is not
+        log.warning("stopped after %d step(s) as asked (stop_after=%d): step %d of %d, the run is incomplete and "
+                    "not exported; its state is %s; continue it with the same command and --resume auto",
+                    step - start_step, cfg.stop_after, step, total_steps, checkpointer.latest())
     final = gathered(acc, model, build) if step >= total_steps else None
     if final is not None:
         out = export_mae(final, run_dir / "export", mean=cfg.data.mean, std=cfg.data.std, config=resolved)
@@ -162,6 +168,12 @@ def main(argv=None) -> int:
     acc.wait_for_everyone()
     acc.end_training()
     return 0
+
+
+def entry() -> None:
+    """`affect-pretrain`: this stage on one process or several, ending with its own line and status
+    (`accelerate launch`'s options first; see shared/launcher.py)."""
+    raise SystemExit(launch(main, "pretrain_mae.main", "affect-pretrain"))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 The faces and videos are written in the published raw layouts and go through the same
 converters and readers as real downloads (`face-shards`, `eri_downstream/dataset.py`), so the
 built-in lineage exercises the real path end to end. Under the root (`$AFFECT_LINEAGE_DATA`,
-default `~/.cache/affect-lineage/builtin`):
+default `~/.cache/affect-lineage/builtin`; without the variable a stage also looks in the demo's
+`runs/demo/data`, so the stages find what `launch/demo.sh` made):
 
     raw/{affectnet,celeba,casia}/      drawn faces (shared.synthetic.builtin); AffectNet's show
                                        the expression of their label
@@ -15,7 +16,9 @@ default `~/.cache/affect-lineage/builtin`):
     models/{hubert,deberta}/           tiny random audio / text encoders in the hub layout
     features/                          the feature store, when stage 3a is run without --store
 
-Each part is made once, on first use (`.complete` marks a finished part), by one process.
+Each part is made once, on first use (`.complete` marks a finished part), by one process. A
+stage says which folder it uses, or that it is making the data there and how to point it
+elsewhere, before it does any work.
 """
 from __future__ import annotations
 
@@ -35,23 +38,60 @@ SIZES = {"full": dict(per_class_train=400, per_class_val=25, celeba=750, casia_i
 VIDEOS = {"full": dict(n_train=160, n_val=40, n_test=12), "quick": dict(n_train=24, n_val=12, n_test=4)}
 
 
+DEMO_DATA = Path("runs") / "demo" / "data"  # where launch/demo.sh makes it (its default --out)
+
+
 def root() -> Path:
+    """Where built-in data is made: $AFFECT_LINEAGE_DATA, or the user's cache."""
     return Path(os.environ.get(ROOT_ENV) or Path.home() / ".cache" / "affect-lineage" / "builtin")
 
 
-def announce(what: str, path: Path) -> None:
-    """The one line a stage prints when it falls back to the built-in data."""
-    print(f"no data given: using the built-in synthetic {what} at {path}", flush=True)
+def places() -> list[Path]:
+    """Where built-in data is looked for: $AFFECT_LINEAGE_DATA alone when it is set; else the
+    cache, then the demo's data folder (in this checkout, and under the current folder)."""
+    if os.environ.get(ROOT_ENV):
+        return [root()]
+    found = [root(), Path(__file__).resolve().parent.parent / DEMO_DATA, Path.cwd() / DEMO_DATA]
+    return list(dict.fromkeys(p.resolve() for p in found))
 
 
-def made_once(acc, make, what: str):
-    """`make()` run by the main process first (the others then find its result complete), and
-    the one line that says the built-in data is in use."""
-    with acc.main_process_first():
-        result = make()
+def complete(base: Path, part: str) -> bool:
+    """Whether `part` ("shards", "reactions", "models" or "features") is finished under `base`."""
+    if part == "features":  # the store that stage 3a writes: its table is written first, by any step
+        return (base / "features" / "videos.csv").is_file()
+    return _done(base / part)
+
+
+def locate(*parts: str) -> tuple[Path, bool]:
+    """(root, found): the first place looked in that holds every part complete, else root()
+    (where they are to be made) and False."""
+    for base in places():
+        if all(complete(base, part) for part in parts):
+            return base, True
+    return root(), False
+
+
+def say(what: str, base: Path, found: bool, own: str) -> None:
+    """The one line a stage prints, before any work, when it falls back to the built-in data;
+    `own` names the argument that takes the user's own data."""
+    if found:
+        print(f"no data given: using the built-in synthetic {what} at {base} (give {own} for your own data)",
+              flush=True)
+    else:
+        looked = ", ".join(map(str, places()))
+        print(f"no data given and no built-in data yet (looked in {looked}): making the built-in synthetic {what} "
+              f"at {base} now, once (a few minutes on 2 CPU cores); {ROOT_ENV}=DIR uses built-in data made elsewhere "
+              f"(the demo's is in <its --out>/data), {own} your own data", flush=True)
+
+
+def made_once(acc, make, what: str, part: str, own: str):
+    """`make(root)` run by the main process first (the others then find its result complete),
+    after the one line that says which built-in data is used, or made where."""
+    base, found = locate(part)
     if acc.is_main_process:
-        announce(what, root())
-    return result
+        say(what, base, found, own)
+    with acc.main_process_first():
+        return make(base)
 
 
 def _done(folder: Path) -> bool:
@@ -62,20 +102,26 @@ def _mark(folder: Path) -> None:
     (folder / ".complete").write_text("")
 
 
-def face_shards(base: Path | None = None, *, size: str = "full") -> dict[str, Path]:
-    """source name -> shard folder, written (raw faces, then face-shards) if missing."""
+def face_shards(base: Path | None = None, *, size: str = "full", progress: bool = False) -> dict[str, Path]:
+    """source name -> shard folder, written (raw faces, then face-shards, with its progress
+    bars when `progress`) if missing."""
     from shared.shards.cli import main as face_shards_cli
     from shared.synthetic.builtin import write_builtin_faces
     base = base or root()
     raw, shards = base / "raw", base / "shards"
     if not _done(raw):
+        n = SIZES[size]
+        faces = 8 * (n["per_class_train"] + n["per_class_val"]) + n["celeba"] + n["casia_ids"] * n["casia_per_id"]
+        print(f"built-in faces: drawing {faces} faces in the AffectNet, CelebA and CASIA-WebFace layouts "
+              f"under {raw}", flush=True)
         shutil.rmtree(raw, ignore_errors=True)
-        write_builtin_faces(raw, **SIZES[size])
+        write_builtin_faces(raw, **n)
         _mark(raw)
     if not _done(shards):
         for name in FACE_SOURCES:
-            face_shards_cli([CONVERTERS[name], str(raw / name), "--out", str(shards / name),
-                             "--size", str(SHARD_SIZE), "--shard-size", "200", "--no-progress"])
+            print(f"built-in faces: face-shards {CONVERTERS[name]} {raw / name} --out {shards / name}", flush=True)
+            face_shards_cli([CONVERTERS[name], str(raw / name), "--out", str(shards / name), "--size", str(SHARD_SIZE),
+                             "--shard-size", "200", *([] if progress else ["--no-progress"])])
         _mark(shards)
     return {name: shards / name for name in FACE_SOURCES}
 
@@ -86,6 +132,8 @@ def reactions(base: Path | None = None, *, size: str = "full") -> Path:
     base = base or root()
     folder = base / "reactions"
     if not _done(folder):
+        print(f"built-in reaction videos: writing {sum(VIDEOS[size].values())} videos (ABAW5 layout, h264 + aac, "
+              f"wav) under {folder}", flush=True)
         shutil.rmtree(folder, ignore_errors=True)
         write_builtin_reactions(folder, **VIDEOS[size])
         _mark(folder)
@@ -104,6 +152,7 @@ def text_models(base: Path | None = None) -> dict[str, Path]:
     base = base or root()
     folder = base / "models"
     if not _done(folder):
+        print(f"built-in encoders: tiny random HuBERT and DeBERTa-v3 under {folder}", flush=True)
         shutil.rmtree(folder, ignore_errors=True)
         save_hubert(folder / "hubert")
         save_deberta(folder / "deberta")
@@ -120,7 +169,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     size = "quick" if args.quick else "full"
     if args.what in ("faces", "all"):
-        for name, folder in face_shards(args.root, size=size).items():
+        for name, folder in face_shards(args.root, size=size, progress=True).items():
             print(f"{name}: {folder}")
     if args.what in ("reactions", "all"):
         print(f"reactions: {reactions(args.root, size=size)}")

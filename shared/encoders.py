@@ -32,6 +32,7 @@ from torch import nn
 from shared.checkpoints import PICKLE_SUFFIXES, LoadReport, load_into, load_state_dict_file
 from shared.errors import UserError
 from shared.export import WEIGHT_SUFFIXES
+from shared.recognise import described
 from shared.training.images import normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what the official MAE / MAE-Face checkpoints used
@@ -121,8 +122,8 @@ def stored_pool(folder) -> str:
 def _read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
-        raise UserError(f"{folder} is not a timm model folder (no config.json); a stage-1 training "
-                        "state is exported with `python -m pretrain_mae.export STATE --out DIR`")
+        raise UserError(f"{folder} is not a timm model folder (no config.json)"
+                        + (described(folder) or "; give an exported encoder folder (a run's export/encoder)"))
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as err:

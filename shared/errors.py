@@ -8,12 +8,22 @@ exception). `--debug` adds the traceback.
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
 import sys
 import threading
+import time
 import traceback
+from pathlib import Path
 from typing import Callable
+
+# set by shared.launcher for the processes it starts: the command's name for their lines, and
+# a folder where a failed process notes its line, status and time (the launcher reports the
+# process that failed first, whose status is the command's)
+PROG_ENV = "AFFECT_LINEAGE_PROG"
+FAILURES_ENV = "AFFECT_LINEAGE_FAILURES"
 
 
 class UserError(Exception):
@@ -49,8 +59,10 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
             prog: str | None = None) -> int:
     """Run a command's `main`: a UserError becomes one line on stderr and its exit status, any
     other exception one line and status 1. `--debug` anywhere in argv also prints the traceback.
-    `prog` names the command in the line (default: the script's file name)."""
+    `prog` names the command in the line (default: the name a launcher gave, else the script's
+    file name)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or os.environ.pop(PROG_ENV, None)  # popped: not the name of a command this one starts
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
@@ -73,8 +85,24 @@ def _report(err: BaseException, message: str, status: int, debug: bool, prog: st
     if debug:
         traceback.print_exception(err)
     prog = prog or sys.argv[0].rsplit("/", 1)[-1] or "command"
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    line = f"{prog}: error: {message}"
+    print(line, file=sys.stderr, flush=True)
+    _note_failure(line, status)
     return status
+
+
+def _note_failure(line: str, status: int) -> None:
+    """For a launcher that started this process (FAILURES_ENV): its line, status and time."""
+    folder = os.environ.get(FAILURES_ENV)
+    if not folder:
+        return
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(folder, f"rank_{rank}.json").write_text(json.dumps({"rank": rank, "status": status, "line": line,
+                                                                 "time": time.time()}))
+    except OSError:  # a full disk: the launcher falls back on the exit statuses
+        pass
 
 
 def _file_size_limit_as_error() -> None:

@@ -62,7 +62,8 @@ def confusion_matrix_figure(matrix, class_names: list[str], path: str | Path, ti
     return _save(fig, path)
 
 
-def bar_chart(values: dict[str, float], path: str | Path, title: str = "", ylabel: str = "") -> np.ndarray:
+def bar_chart(values: dict[str, float], path: str | Path, title: str = "", ylabel: str = "",
+              xlabel: str = "") -> np.ndarray:
     """One bar per name (NaN drawn as a hatched empty bar, never as zero)."""
     names, heights = list(values), [values[n] for n in values]
     fig, ax = plt.subplots(figsize=(1.0 * len(names) + 2, 3.6))
@@ -74,6 +75,7 @@ def bar_chart(values: dict[str, float], path: str | Path, title: str = "", ylabe
             bar.set_hatch("//")
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
@@ -103,15 +105,44 @@ def scatter_grid(pred: np.ndarray, true: np.ndarray, names: list[str], path: str
     return _save(fig, path)
 
 
-def learning_curves(rows: list[dict], keys: list[str], path: str | Path, title: str = "") -> np.ndarray:
-    """Logged metrics against the step, one line per key present in the rows."""
+def learning_curves(rows: list[dict], keys: list[str], path: str | Path, title: str = "",
+                    ylabel: str = "") -> np.ndarray:
+    """Logged metrics against the optimizer step, one line per key present in the rows (each
+    row's value is the mean over the steps since the previous row)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for key in keys:
         points = [(r["step"], r[key]) for r in rows if key in r]
         if points:
             ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
-    ax.set_xlabel("step")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel or ", ".join(keys))
     ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def loss_and_score(train: list[dict], validation: list[dict], chosen: int, path: str | Path, *,
+                   steps_per_epoch: float, loss: str, score: str, title: str = "") -> np.ndarray:
+    """Training loss (rows with "step" and "loss", each the mean since the previous row) and
+    the validation score (rows with "epoch" and "score") against the epoch, on two y axes, with
+    the `chosen` epoch marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot([r["step"] / steps_per_epoch for r in train], [r["loss"] for r in train], color="#3182bd",
+            label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(loss, color="#3182bd")
+    right = ax.twinx()
+    epochs, scores = [r["epoch"] for r in validation], [r["score"] for r in validation]
+    right.plot(epochs, scores, color="#e6550d", marker="o", markersize=3, label="validation")
+    right.set_ylabel(score, color="#e6550d")
+    picked = [s for e, s in zip(epochs, scores) if e == chosen]
+    ax.axvline(chosen, color="grey", ls="--", lw=0.8)
+    if picked:
+        right.annotate(f"chosen: epoch {chosen}, {picked[0]:.3f}", (chosen, picked[0]), textcoords="offset points",
+                       xytext=(-6, -14), ha="right", fontsize=8)
+    lines = ax.get_lines()[:1] + right.get_lines()[:1]
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
     ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)

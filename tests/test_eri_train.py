@@ -61,6 +61,9 @@ def test_learns_reports_plots_and_writes_a_submission(store, tmp_path):
     assert f"| **mean** | **{report['mean']:.4f}** |" in (out / "per_emotion.md").read_text()
     for png in ("per_emotion_pearson.png", "predicted_vs_true.png", "learning_curves.png"):
         assert (out / png).stat().st_size > 5000
+    validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in validation] == list(range(1, 16))  # the curve's validation points
+    assert report["best_epoch"] == max(validation, key=lambda row: row["mean_defined"])["epoch"]
     ids, preds = read_submission(out / "submission.csv")
     assert sorted(ids) == [f"{i:05d}" for i in range(56, 64)] and preds.shape == (8, 7)
     header = (out / "submission.csv").read_text().splitlines()[0]

@@ -19,6 +19,7 @@ from . import leakage
 from .sources import SOURCES, hf
 from .writer import ShardSettings, build_shards
 from ..errors import UserError, run_cli
+from ..recognise import recognise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.root}: no such folder")
     else:
         kwargs = {"parts": tuple(p.strip() for p in args.parts.split(","))} if args.command == "imdb-wiki" else {}
-        scan = SOURCES[args.command].scan(args.root, **kwargs)
+        try:
+            scan = SOURCES[args.command].scan(args.root, **kwargs)
+        except UserError as err:  # the folder of another dataset, shards, a store...: say which
+            kind = recognise(args.root)
+            if kind is None or kind.name == f"raw {args.command.split('-')[0]}":
+                raise
+            raise UserError(f"{err}; {args.root} is {kind.what}: {kind.use}") from None
     manifest = build_shards(scan, args.out, settings, workers=args.workers, overwrite=args.overwrite,
                             progress=not args.no_progress)
     _summary(manifest, args.out)

@@ -35,6 +35,7 @@ from typing import Any
 import fsspec
 
 from ..errors import UserError
+from ..recognise import described
 
 FORMAT = "face-shards/1"
 NAME = "manifest.json"
@@ -49,7 +50,8 @@ def load(location: str | Path) -> dict[str, Any]:
         with fsspec.open(url, "r") as f:
             manifest = json.load(f)
     except FileNotFoundError:
-        raise UserError(f"{url}: no shard manifest; expected a folder written by face-shards") from None
+        raise UserError(f"{url}: no shard manifest; expected a folder written by face-shards"
+                        f"{described(str(location))}") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{url}: not valid JSON ({err})") from None
     if manifest.get("format") != FORMAT:

@@ -26,6 +26,7 @@ from safetensors import safe_open
 
 from ..errors import RunError, UserError, one_line
 from ..provenance import code_version, write_json_atomic
+from ..recognise import described, recognise
 
 META = "meta.json"
 PARTIAL = ".tmp-step_"
@@ -98,8 +99,15 @@ class Checkpointer:
         if resume == "auto":
             return self.latest()
         path = Path(resume)
+        if not path.exists():
+            raise UserError(f"--resume {resume}: no such folder; use --resume auto (the newest complete state "
+                            f"in {self.dir}) or a state folder there")
         if not (path / META).is_file():
-            raise UserError(f"{resume}: not a complete training state (no {META}); "
+            kind = recognise(path)
+            if kind is not None and kind.name == "run folder":
+                raise UserError(f"--resume {resume}: a run folder, not one of its states; resume it with "
+                                f"run.output_dir={resume} --resume auto, or give a folder of {path / 'checkpoints'}")
+            raise UserError(f"--resume {resume}: not a complete training state (no {META}){described(path)}; "
                             f"use --resume auto or a folder under {self.dir}")
         return path
 

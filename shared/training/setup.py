@@ -26,6 +26,7 @@ def make_accelerator(run: RunConfig) -> Accelerator:
         raise UserError("run.mixed_precision=fp16 needs a GPU (its grad scaler and autocast are CUDA's); "
                         "on the CPU use bf16 or no")
     check_compile(run)
+    check_trackers(run.trackers)
     # cpu=True on machines without CUDA: otherwise Accelerate ignores torchrun's processes there
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                       log_with=list(run.trackers) or None, project_dir=run.output_dir)
@@ -35,6 +36,25 @@ def make_accelerator(run: RunConfig) -> Accelerator:
     if acc.is_main_process:
         Path(run.output_dir).mkdir(parents=True, exist_ok=True)
     return acc
+
+
+# the extra that installs a tracker, where the suite has one
+TRACKER_EXTRAS = {"wandb": 'pip install -e ".[wandb]"'}
+
+
+def check_trackers(trackers) -> None:
+    """Every tracker asked for is known to Accelerate and installed: Accelerate itself drops a
+    missing one with a warning, and the run would go on logging to none."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+    available = {getattr(t, "value", t) for t in get_available_trackers()}
+    for name in trackers:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise UserError(f"run.trackers: unknown tracker {name!r}; Accelerate knows "
+                            f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))} (run.trackers=[] logs to metrics.jsonl only)")
+        if name not in available:
+            install = TRACKER_EXTRAS.get(name, f"pip install {name}")
+            raise UserError(f"run.trackers: {name} is not installed; install it ({install}) or leave it out "
+                            f"(run.trackers=[tensorboard], or [] for metrics.jsonl only)")
 
 
 def init_tracking(acc: Accelerator, run: RunConfig, config: dict[str, Any], name: str) -> None:
