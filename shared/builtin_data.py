@@ -39,6 +39,7 @@ VIDEOS = {"full": dict(n_train=160, n_val=40, n_test=12), "quick": dict(n_train=
 
 
 DEMO_DATA = Path("runs") / "demo" / "data"  # where launch/demo.sh makes it (its default --out)
+CHECKOUT = Path(__file__).resolve().parent.parent  # this checkout, where launch/demo.sh runs by default
 
 
 def root() -> Path:
@@ -51,7 +52,7 @@ def places() -> list[Path]:
     cache, then the demo's data folder (in this checkout, and under the current folder)."""
     if os.environ.get(ROOT_ENV):
         return [root()]
-    found = [root(), Path(__file__).resolve().parent.parent / DEMO_DATA, Path.cwd() / DEMO_DATA]
+    found = [root(), CHECKOUT / DEMO_DATA, Path.cwd() / DEMO_DATA]
     return list(dict.fromkeys(p.resolve() for p in found))
 
 

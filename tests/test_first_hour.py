@@ -67,6 +67,7 @@ def complete_shards(base: Path) -> Path:
 def test_a_stage_finds_the_demos_data_and_says_which_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(builtin_data.ROOT_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # an empty cache
+    monkeypatch.setattr(builtin_data, "CHECKOUT", tmp_path / "checkout")  # CI runs the demo in the checkout first
     monkeypatch.chdir(tmp_path)
     demo = complete_shards(tmp_path / "runs" / "demo" / "data").resolve()
     said = []
@@ -84,6 +85,8 @@ def test_a_stage_finds_the_demos_data_and_says_which_before_any_work(tmp_path, m
     assert said[1].startswith(f"no data given and no built-in data yet (looked in {cache.resolve()}, ")
     assert f"{demo}): making the built-in synthetic faces at {cache} now" in said[1]
     assert f"{builtin_data.ROOT_ENV}=DIR uses built-in data made elsewhere" in said[1]
+    checkout = complete_shards(tmp_path / "checkout" / "runs" / "demo" / "data").resolve()
+    assert builtin_data.locate("shards") == (checkout, True)  # the demo run in this checkout, from anywhere
     monkeypatch.setenv(builtin_data.ROOT_ENV, str(tmp_path / "mine"))  # the variable alone decides
     assert builtin_data.places() == [tmp_path / "mine"] and builtin_data.locate("shards") == (tmp_path / "mine", False)
 
