@@ -28,6 +28,9 @@ class DataSection:
     end_to_end: bool = False  # visual input from the stored face crops through the frozen `encoder`
     encoder: str | None = None  # end to end: the encoder folder the visual cache would be made with
     image_augmentation: bool = True  # end to end: RandomRotation + RandomHorizontalFlip + ColorJitter
+    # the store folder the text branch reads: "text" (the paper's DeBERTa token features) or
+    # "sentence" (one mean-pooled embedding per transcript, any Hugging Face text encoder)
+    text_features: str = "text"
 
 
 @dataclass
@@ -44,6 +47,9 @@ class ERIConfig:
     # with folds=N: train this fold only (a SLURM array task); a later run without it trains no
     # finished fold again and writes the CV table and the ensembled submission
     fold: int | None = None
+    # the levers of later ABAW winners (eri_downstream/levers.py), off by default
+    loss: str = "mse"  # mse (the paper) | mse+pearson | ccc
+    modality_dropout: float = 0.0  # training: drop each modality of a sample with this probability
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/eri", total_steps=0, log_every=20))
 
 

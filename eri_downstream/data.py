@@ -76,7 +76,7 @@ class FeatureDataset(Dataset):
 
     def __init__(self, store: FeatureStore | str | Path, entries: Sequence[VideoEntry | str], *,
                  modalities: Sequence[str] = FEATURE_STEPS, k: int = 32, train: bool = False,
-                 max_audio_steps: int | None = None, seed: int = 0):
+                 max_audio_steps: int | None = None, seed: int = 0, sources: dict[str, str] | None = None):
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
         unknown = [m for m in modalities if m not in FEATURE_STEPS]
         if unknown or not modalities:
@@ -86,6 +86,7 @@ class FeatureDataset(Dataset):
         self.entries = self._resolve(entries)
         self.modalities, self.k, self.train = tuple(modalities), k, train
         self.max_audio_steps, self.seed, self.epoch = max_audio_steps, seed, 0
+        self.sources = dict(sources or {})  # modality -> the store folder it reads, when not its own
 
     def _resolve(self, entries: Sequence[VideoEntry | str]) -> list[VideoEntry]:
         """VideoEntry objects as given; bare ids are looked up in the store's videos.csv."""
@@ -117,18 +118,19 @@ class FeatureDataset(Dataset):
 
     def stored_features(self, modality: str, file_id: str) -> torch.Tensor:
         """(T, D) in the store's dtype (float16), checked as `_load` checks it."""
-        path = self.store.features(modality, file_id)
+        step = self.sources.get(modality, modality)
+        path = self.store.features(step, file_id)
         if not path.is_file():
-            raise UserError(f"{path} is missing: run `eri_downstream/extract.py {modality} --store "
-                            f"{self.store.root}` (it writes the {modality} features of every video)")
-        features, _ = self.store.load(modality, file_id)
+            raise UserError(f"{path} is missing: run `eri_downstream/extract.py {step} --store "
+                            f"{self.store.root}` (it writes the {step} features of every video)")
+        features, _ = self.store.load(step, file_id)
         if features.ndim != 2 or features.shape[0] == 0:
             raise UserError(f"{path}: features of shape {tuple(features.shape)}, expected [T>0, D]; "
-                            f"rerun the {modality} step with --overwrite")
+                            f"rerun the {step} step with --overwrite")
         finite = torch.isfinite(features)
         if not finite.all():  # never trained on: one NaN would turn every loss and weight into NaN
             raise UserError(f"{path}: {int((~finite).sum())} of {features.numel()} feature values are NaN or "
-                            f"infinite; delete the file and rerun `eri_downstream/extract.py {modality} --store "
+                            f"infinite; delete the file and rerun `eri_downstream/extract.py {step} --store "
                             f"{self.store.root}` (it redoes missing files)")
         return features
 

@@ -7,6 +7,8 @@
     accelerate launch eri_downstream/extract.py transcripts --data /data/hume --store features
     accelerate launch eri_downstream/extract.py text        --data /data/hume --store features
     accelerate launch eri_downstream/extract.py all ...     (the five in order)
+    accelerate launch eri_downstream/extract.py sentence    --data /data/hume --store features \
+        --sentence-model sentence-transformers/all-MiniLM-L6-v2    (stage 3b's data.text_features=sentence)
 
 Each step is resumable (finished videos are skipped; stale visual / text caches are redone),
 splits the videos over all processes, shows a progress bar per process, and ends with a
@@ -21,7 +23,7 @@ import logging
 from accelerate import PartialState
 
 from eri_downstream.dataset import load_dataset, summary, update_table
-from eri_downstream.steps import STEPS, run_step
+from eri_downstream.steps import EXTRA_STEPS, STEPS, run_step
 from eri_downstream.store import FeatureStore
 from shared import builtin_data
 from shared.errors import UserError, run_cli
@@ -31,11 +33,12 @@ log = logging.getLogger("eri_downstream.extract")
 
 
 AUDIO_MODEL, TEXT_MODEL = "facebook/hubert-base-ls960", "microsoft/deberta-v3-large"
+SENTENCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=[*STEPS, "table", "all"], help="what to extract")
+    p.add_argument("step", choices=[*STEPS, *EXTRA_STEPS, "table", "all"], help="what to extract")
     p.add_argument("--data", help="the raw dataset (ABAW5 data_info.csv or MuSe labels/partition); "
                    "default: the built-in synthetic reaction videos (with their transcripts and tiny models)")
     p.add_argument("--store", help="the feature store folder (default with the built-in videos: beside them)")
@@ -56,6 +59,7 @@ def parse_args(argv):
     text.add_argument("--asr", default="speech2text", choices=["speech2text", "whisper"])
     text.add_argument("--asr-model", help="default: facebook/s2t-small-librispeech-asr or openai/whisper-small")
     text.add_argument("--text-model", help=f"default: {TEXT_MODEL}")
+    text.add_argument("--sentence-model", help=f"the sentence step's text encoder (default: {SENTENCE_MODEL})")
     text.add_argument("--max-length", type=int, default=512)
     return p.parse_args(argv)
 
@@ -70,6 +74,7 @@ def main(argv=None) -> int:
     elif args.store is None:
         raise UserError("--store: the feature store folder to write (required with --data)")
     args.audio_model, args.text_model = args.audio_model or AUDIO_MODEL, args.text_model or TEXT_MODEL
+    args.sentence_model = args.sentence_model or SENTENCE_MODEL
     splits = {s.strip() for s in args.splits.split(",")}
     entries = [e for e in load_dataset(args.data) if e.split in splits]
     if not entries:
@@ -98,6 +103,7 @@ def use_builtin(args, state) -> None:
         models = builtin_data.text_models(base)
     args.store = args.store or str(base / "features")
     args.audio_model, args.text_model = args.audio_model or str(models["audio"]), args.text_model or str(models["text"])
+    args.sentence_model = args.sentence_model or str(models["text"])  # the tiny text encoder, mean-pooled
     if state.is_main_process:
         store = FeatureStore(args.store)
         store.root.mkdir(parents=True, exist_ok=True)

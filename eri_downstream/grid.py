@@ -3,14 +3,18 @@
     python -m eri_downstream.grid data.store=features                      # every table config, in sequence
     python -m eri_downstream.grid --configs eri_downstream/configs/table2_*.yaml data.store=features
     python -m eri_downstream.grid --collect                                # just write the table
+    python -m eri_downstream.grid --levers data.store=features             # the paper recipe and each lever
     sbatch --array=0-10 launch/slurm/eri_grid.sbatch data.store=features   # one config per array task
 
 Writes `<runs>/results.md` and `results.csv`: each configuration's validation mean Pearson (or
-out-of-fold mean with folds=N) next to the paper's development-set number.
+out-of-fold mean with folds=N) next to the paper's development-set number, and what it changes
+from the paper's final model (paper_vat.yaml). `--levers` runs that model and each lever of
+later winners (configs/levers/: Pearson-aware and CCC losses, modality dropout, sentence text).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shlex
 import subprocess
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from eri_downstream.config import ERIConfig
+from shared.config import load_config, to_dict
 from shared.errors import UserError, run_cli
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -30,11 +36,34 @@ def table_configs() -> list[Path]:
     return [CONFIG_DIR / f"{name}.yaml" for name in PAPER]
 
 
+def lever_configs() -> list[Path]:
+    """The paper's final model, then each lever (one switch changed)."""
+    return [CONFIG_DIR / "paper_vat.yaml", *sorted((CONFIG_DIR / "levers").glob("*.yaml"))]
+
+
+def changes(config: Path, overrides: list[str]) -> str:
+    """The keys whose resolved value differs from paper_vat.yaml's (run.* aside), as key=value."""
+    kept = [o for o in overrides if not o.startswith("run.")]
+    flat = [_flat(to_dict(load_config(ERIConfig, path, kept))) for path in (config, CONFIG_DIR / "paper_vat.yaml")]
+    return ", ".join(f"{k}={v}" for k, v in sorted(flat[0].items())
+                     if not k.startswith("run.") and flat[1].get(k) != v) or "none"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def output_dir(config: Path, overrides: list[str]) -> Path:
     for item in overrides:
         if item.startswith("run.output_dir="):
             return Path(item.split("=", 1)[1]) / config.stem
-    return Path(yaml.safe_load(config.read_text())["run"]["output_dir"])
+    return Path(load_config(ERIConfig, config).run.output_dir)  # a config may inherit it from its base
 
 
 def score(run_dir: Path) -> float | None:
@@ -48,14 +77,16 @@ def collect(configs: list[Path], overrides: list[str], out: Path) -> str:
     rows = []
     for config in configs:
         ours = score(output_dir(config, overrides))
-        rows.append((config.stem, ours, PAPER.get(config.stem)))
+        rows.append((config.stem, ours, PAPER.get(config.stem), changes(config, overrides)))
     fmt = lambda v: "not run" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = ["| configuration | ours | paper (dev) |", "|---|--:|--:|"]
-    lines += [f"| {name} | {fmt(o)} | {fmt(p)} |" for name, o, p in rows]
+    lines = ["| configuration | ours | paper (dev) | changes from paper_vat |", "|---|--:|--:|---|"]
+    lines += [f"| {name} | {fmt(o)} | {'' if p is None else f'{p:.4f}'} | {c} |" for name, o, p, c in rows]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.csv").write_text("configuration,ours,paper\n" + "".join(
-        f"{n},{'' if o is None else f'{o:.6f}'},{'' if p is None else p}\n" for n, o, p in rows))
+    with open(out / "results.csv", "w", newline="") as f:  # changes hold commas: csv quotes them
+        writer = csv.writer(f)
+        writer.writerow(["configuration", "ours", "paper", "changes"])
+        writer.writerows([n, "" if o is None else f"{o:.6f}", "" if p is None else p, c] for n, o, p, c in rows)
     return "\n".join(lines)
 
 
@@ -63,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="*", type=Path, help="default: every configuration in paper_results.yaml")
     p.add_argument("--index", type=int, help="run only this configuration (a SLURM array task id)")
+    p.add_argument("--levers", action="store_true", help="paper_vat.yaml and each lever of configs/levers/")
     p.add_argument("--collect", action="store_true", help="only write the results table")
     p.add_argument("--launcher", default=f"{shlex.quote(sys.executable)}", help="command that runs train.py")
     p.add_argument("--results", type=Path, default=Path("runs/eri"), help="where results.md/csv go")
     p.add_argument("overrides", nargs="*", help="key=value for every configuration, e.g. data.store=features")
     args = p.parse_args(argv)
-    configs = args.configs or table_configs()
+    configs = args.configs or (lever_configs() if args.levers else table_configs())
     missing = [str(c) for c in configs if not c.is_file()]
     if missing:
         raise UserError(f"configuration file(s) not found: {', '.join(missing)}")

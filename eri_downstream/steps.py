@@ -17,7 +17,8 @@ from eri_downstream.store import FeatureStore, fingerprint_files, text_hash
 from shared.errors import RunError, UserError
 
 log = logging.getLogger("eri_downstream.extract")
-STEPS = ("faces", "visual", "audio", "transcripts", "text")
+STEPS = ("faces", "visual", "audio", "transcripts", "text")  # `all`: the paper's inputs, in order
+EXTRA_STEPS = ("sentence",)  # a lever's input, run by name only
 
 
 @dataclass
@@ -170,10 +171,21 @@ def transcripts_step(store: FeatureStore, args, device) -> Step:
 
 
 def text_step(store: FeatureStore, args, device) -> Step:
+    """DeBERTa token features of each transcript (the paper's text input), in <store>/text."""
+    return _encoded_transcripts(store, "text", args.text_model, None, args, device)
+
+
+def sentence_step(store: FeatureStore, args, device) -> Step:
+    """One sentence embedding per transcript (any Hugging Face text encoder, tokens mean-pooled
+    as sentence-transformers pool them), in <store>/sentence: stage 3b's data.text_features=sentence."""
+    return _encoded_transcripts(store, "sentence", args.sentence_model, "mean", args, device)
+
+
+def _encoded_transcripts(store: FeatureStore, name: str, model: str, pooling: str | None, args, device) -> Step:
     from eri_downstream.audio import model_fingerprint
     from eri_downstream.text import TextEncoder
-    encoder = TextEncoder(args.text_model, device=device, max_length=args.max_length)
-    fingerprint = model_fingerprint(args.text_model)
+    encoder = TextEncoder(model, device=device, max_length=args.max_length, pooling=pooling)
+    fingerprint = model_fingerprint(model)
     transcripts = store.read_transcripts()
 
     def expected(entry: VideoEntry) -> dict[str, str]:
@@ -183,11 +195,11 @@ def text_step(store: FeatureStore, args, device) -> Step:
         if entry.file_id not in transcripts:
             raise KeyError("no transcript: run the transcripts step first")
         text = transcripts[entry.file_id]
-        save_features(store, "text", entry.file_id, encoder.encode(text), source=args.text_model,
+        save_features(store, name, entry.file_id, encoder.encode(text), source=model,
                       status="ok" if text.strip() else "no-speech", **expected(entry))
         return "ok" if text.strip() else "no speech (zeros)"
-    return Step(lambda e: store.is_current("text", e.file_id, **expected(e)), work)
+    return Step(lambda e: store.is_current(name, e.file_id, **expected(e)), work)
 
 
 BUILDERS = {"faces": faces_step, "visual": visual_step, "audio": audio_step,
-            "transcripts": transcripts_step, "text": text_step}
+            "transcripts": transcripts_step, "text": text_step, "sentence": sentence_step}

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from accelerate.utils import gather_object
 from safetensors import safe_open
@@ -31,6 +30,7 @@ from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate, mixup
 from eri_downstream.dataset import EMOTIONS, read_table, splits_of
 from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
 from eri_downstream.folds import cv_folds, write_submission
+from eri_downstream.levers import LOSS_NAMES, check_levers, drop_modalities, regression_loss
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
 from eri_downstream.store import FeatureStore
@@ -125,11 +125,12 @@ def check_modalities(modalities) -> None:
                         f"without repeats{' (not modalities: ' + ', '.join(map(str, unknown)) + ')' if unknown else ''}")
 
 
-def feature_dims(store: Path, modalities, file_id: str) -> dict[str, int]:
-    """Each modality's feature size, read from one stored video (the encoders decide it)."""
+def feature_dims(store: Path, modalities, file_id: str, sources: dict[str, str]) -> dict[str, int]:
+    """Each modality's feature size, read from one stored video (the encoders decide it);
+    `sources`: the store folder a modality reads when not its own (data.text_features)."""
     dims = {}
     for modality in modalities:
-        path = FeatureStore(store).features(modality, file_id)
+        path = FeatureStore(store).features(sources.get(modality, modality), file_id)
         if not path.is_file():
             raise UserError(f"{path}: missing; run `eri_downstream/extract.py {modality}` for this store first")
         with safe_open(str(path), framework="pt") as f:
@@ -143,10 +144,10 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
     if (out / "report.json").is_file():  # a finished fold of an earlier job
         return json.loads((out / "report.json").read_text())
     modalities = tuple(cfg.model.modalities)
-    front = None
+    front, sources = None, {"text": cfg.data.text_features}
     derived = {"num_frames": cfg.data.k,  # the temporal SE re-weights K frame slots: the data's K
                **feature_dims(store, [m for m in modalities if not (m == "visual" and cfg.data.end_to_end)],
-                              train_entries[0].file_id)}
+                              train_entries[0].file_id, sources)}
     if cfg.data.end_to_end and "visual" in modalities:
         if not cfg.data.encoder:
             raise UserError("data.end_to_end needs data.encoder: the frozen encoder folder (stage-2 export)")
@@ -158,7 +159,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
 
     def dataset(entries, train: bool):
         common = dict(modalities=modalities, k=cfg.data.k, train=train and cfg.data.temporal_augmentation,
-                      max_audio_steps=cfg.data.max_audio_steps, seed=cfg.run.seed)
+                      max_audio_steps=cfg.data.max_audio_steps, seed=cfg.run.seed, sources=sources)
         if front is not None:  # image augmentation only while training, never at evaluation
             return FaceFrameDataset(store, entries, augment=train and cfg.data.image_augmentation, **common)
         return FeatureDataset(store, entries, **common)
@@ -200,7 +201,10 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
         if cfg.data.mixup > 0:
             g = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "mixup", micro_step) % 2**63)
             batch = mixup(batch, cfg.data.mixup, g)
-        return F.mse_loss(model(batch).float(), batch["labels"]), {}
+        if cfg.modality_dropout > 0:
+            g = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "modality_dropout", micro_step) % 2**63)
+            batch = drop_modalities(batch, modalities, cfg.modality_dropout, g)
+        return regression_loss(cfg.loss, model(batch).float(), batch["labels"]), {}
 
     def evaluate(step):
         net = ema.module if ema is not None else unwrap(acc, model)
@@ -270,12 +274,12 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
                   title=f"validation Pearson r, mean {report['mean']:.4f}:\n{chosen}", ylabel="Pearson r")
         scatter_grid(np.stack([val_pred[e.file_id] for e in labelled]), np.array([e.labels for e in labelled]),
                      EMOTIONS, out / "predicted_vs_true.png", title=f"validation intensities, {chosen}")
-        curves(out, report["best_epoch"])
+        curves(out, report["best_epoch"], cfg.loss)
     acc.wait_for_everyone()
     return result
 
 
-def curves(out: Path, chosen: int) -> None:
+def curves(out: Path, chosen: int, loss: str) -> None:
     """learning_curves.png: training loss per log step and validation mean Pearson per epoch,
     against the epoch, with the chosen epoch marked."""
     validation = {}
@@ -287,7 +291,7 @@ def curves(out: Path, chosen: int) -> None:
     score = "validation mean Pearson" if defined else "validation mean Pearson\n(emotions whose truth varies)"
     loss_and_score(read_metrics(out / "metrics.jsonl"), [{"epoch": r["epoch"], "score": r["mean_defined"]} for r in rows],
                    chosen, out / "learning_curves.png", steps_per_epoch=rows[0]["step"] / rows[0]["epoch"],
-                   loss="training loss (MSE, mean per log step)", score=score,
+                   loss=f"training loss ({LOSS_NAMES[loss]}, mean per log step)", score=score,
                    title="stage 3b: training loss and validation score per epoch")
 
 
@@ -297,6 +301,7 @@ def main(argv=None) -> int:
     if args.resume:
         cfg.run.resume = args.resume
     check_modalities(cfg.model.modalities)
+    check_levers(cfg)
     if not cfg.data.store:
         base, found = builtin_data.locate("features")
         if not found:
