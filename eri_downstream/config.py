@@ -47,6 +47,9 @@ class ERIConfig:
     # with folds=N: train this fold only (a SLURM array task); a later run without it trains no
     # finished fold again and writes the CV table and the ensembled submission
     fold: int | None = None
+    # "" (the task the store's table holds), or eri / emi (eri_downstream/configs/tasks.yaml):
+    # then a store of another task is refused
+    task: str = ""
     # the levers of later ABAW winners (eri_downstream/levers.py), off by default
     loss: str = "mse"  # mse (the paper) | mse+pearson | ccc
     modality_dropout: float = 0.0  # training: drop each modality of a sample with this probability

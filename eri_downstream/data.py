@@ -64,7 +64,7 @@ class FeatureDataset(Dataset):
 
     Items are dicts:
         "file_id":    str, the bare id ("00123")
-        "labels":     float32 (7,) in EMOTIONS order; zeros for unlabelled (test) videos, so a
+        "labels":     float32 (E,) in the task's emotion order; zeros for unlabelled (test) videos, so a
                       batch never carries NaN into a loss; "has_labels" says which are real
         "has_labels": bool
         "<modality>": float32 (T, D); visual: exactly K sampled frames (T = K)
@@ -76,7 +76,8 @@ class FeatureDataset(Dataset):
 
     def __init__(self, store: FeatureStore | str | Path, entries: Sequence[VideoEntry | str], *,
                  modalities: Sequence[str] = FEATURE_STEPS, k: int = 32, train: bool = False,
-                 max_audio_steps: int | None = None, seed: int = 0, sources: dict[str, str] | None = None):
+                 max_audio_steps: int | None = None, seed: int = 0, sources: dict[str, str] | None = None,
+                 emotions: Sequence[str] = EMOTIONS):
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
         unknown = [m for m in modalities if m not in FEATURE_STEPS]
         if unknown or not modalities:
@@ -87,6 +88,7 @@ class FeatureDataset(Dataset):
         self.modalities, self.k, self.train = tuple(modalities), k, train
         self.max_audio_steps, self.seed, self.epoch = max_audio_steps, seed, 0
         self.sources = dict(sources or {})  # modality -> the store folder it reads, when not its own
+        self.emotions = tuple(emotions)  # the task's: an unlabelled video gets that many zeros
 
     def _resolve(self, entries: Sequence[VideoEntry | str]) -> list[VideoEntry]:
         """VideoEntry objects as given; bare ids are looked up in the store's videos.csv."""
@@ -157,7 +159,7 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
         rng = self.item_rng(index)
-        labels = entry.labels if entry.labels is not None else [0.0] * len(EMOTIONS)
+        labels = entry.labels if entry.labels is not None else [0.0] * len(self.emotions)
         item = {"file_id": entry.file_id, "labels": torch.tensor(labels, dtype=torch.float32),
                 "has_labels": entry.labels is not None}
         for modality in self.modalities:
@@ -217,10 +219,10 @@ def _pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Items of FeatureDataset -> a batch: "file_id" list, "labels" (B, 7), "has_labels" (B,),
+    """Items of FeatureDataset -> a batch: "file_id" list, "labels" (B, E), "has_labels" (B,),
     and per modality "<m>" (B, T_max, D) with "<m>_mask" (B, T_max)."""
     batch = {"file_id": [s["file_id"] for s in samples],
-             "labels": torch.stack([s["labels"] for s in samples]),  # (B, 7)
+             "labels": torch.stack([s["labels"] for s in samples]),  # (B, E)
              "has_labels": torch.tensor([bool(s["has_labels"]) for s in samples])}  # (B,)
     for modality in FEATURE_STEPS:
         if modality in samples[0]:

@@ -1,4 +1,5 @@
-"""The Hume-Reaction video list: one reader for the ABAW5 and MuSe 2022 layouts.
+"""The video list of stage 3: one reader for Hume-Reaction (ABAW5 and MuSe 2022 layouts, the
+ERI task) and Hume-Vidmimic2 (the EMI task).
 
 ABAW5 ships `data_info.csv` (File_ID "[00123]", Split Train/Val/Test, 7 emotions, Age,
 Country) with media in `{train,val,test}/{mp4,wav}/<id>.<ext>`; MuSe 2022 ships `labels.csv`
@@ -6,6 +7,15 @@ Country) with media in `{train,val,test}/{mp4,wav}/<id>.<ext>`; MuSe 2022 ships 
 folders. Both become the same `VideoEntry` list: bare ids that keep their zeros ("00123"),
 splits train/val/test, and media paths that are None where a file is missing, so later steps
 can skip or report them instead of crashing halfway through 25,000 videos.
+
+Hume-Vidmimic2 (as its public readers use it; the layout was not checked against the release
+itself) ships `train_split.csv` and `valid_split.csv` (Filename, then the 6 EMI intensities),
+videos in `raw/<id>.mp4` and 16 kHz audio in `audio/<id>.mp3`; test videos, when listed, come
+from a `test_split.csv` with a Filename column (an assumption). Numeric Filenames are written
+with five digits, as the media are named.
+
+Every table keeps the task's emotion columns in order (`write_table`), and `read_table` /
+`table_emotions` give them back: the emotions are data, not code.
 
 Ids are always read as strings: a CSV reader that guesses types turns "[00123]" into junk or
 "00123" into 123, and the media file names would no longer match.
@@ -21,15 +31,18 @@ from pathlib import Path
 
 from shared.errors import UserError
 from shared.recognise import described
-from shared.tables import csv_records
+from eri_downstream.tasks import Task, get_task, tasks
+from shared.tables import csv_records, csv_rows
 
 log = logging.getLogger(__name__)
 
-EMOTIONS = ["Adoration", "Amusement", "Anxiety", "Disgust", "Empathic-Pain", "Fear", "Surprise"]
+EMOTIONS = list(tasks()["eri"].emotions)  # Hume-Reaction's seven, the default task's
 SPLITS = ("train", "val", "test")
 ABAW5_TABLE = "data_info.csv"
 MUSE_LABELS, MUSE_PARTITION = "labels.csv", "partition.csv"
-TABLE_COLUMNS = ["file_id", "split", *EMOTIONS, "age", "country", "mp4", "wav"]
+VIDMIMIC_SPLITS = {"train": "train_split.csv", "val": "valid_split.csv", "test": "test_split.csv"}
+FIXED_COLUMNS = ["file_id", "split", "age", "country", "mp4", "wav"]  # the table's columns beside the emotions
+TABLE_COLUMNS = ["file_id", "split", *EMOTIONS, "age", "country", "mp4", "wav"]  # an ERI table
 # Split spellings of both layouts (compared lower-case) and the folder names each split's
 # media may sit in.
 _SPLIT_NAMES = {"train": "train", "val": "val", "devel": "val", "test": "test"}
@@ -38,7 +51,8 @@ _SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "devel"), "test": ("test",
 
 @dataclass
 class VideoEntry:
-    """One video: bare id, split, 7 labels in EMOTIONS order (None if absent), media paths."""
+    """One video: bare id, split, the task's labels in its emotions' order (None if absent),
+    media paths (`wav`: the separate audio file, whatever its format)."""
 
     file_id: str
     split: str
@@ -81,13 +95,13 @@ def _split(raw: str, path: Path, line: int) -> str:
     return split
 
 
-def _labels(row: dict[str, str], path: Path, line: int) -> list[float] | None:
-    """The 7 labels in EMOTIONS order; None when all cells are empty (test videos)."""
-    cells = [row[name].strip() for name in EMOTIONS]
+def _labels(row: dict[str, str], path: Path, line: int, emotions=EMOTIONS) -> list[float] | None:
+    """The labels in `emotions` order; None when all cells are empty (test videos)."""
+    cells = [row[name].strip() for name in emotions]
     if not any(cells):
         return None
     values = []
-    for name, cell in zip(EMOTIONS, cells):
+    for name, cell in zip(emotions, cells):
         try:
             value = float(cell)
         except ValueError:
@@ -170,15 +184,50 @@ def _load_muse(root: Path) -> list[VideoEntry]:
             for file_id, split in partition]
 
 
+def _vidmimic_id(raw: str, path: Path, line: int) -> str:
+    file_id = _file_id(raw, path, line)
+    return file_id.zfill(5) if file_id.isdigit() else file_id  # a spreadsheet drops the zeros
+
+
+def _load_vidmimic(root: Path) -> list[VideoEntry]:
+    emotions = get_task("emi").emotions
+    rows = []
+    for split, name in VIDMIMIC_SPLITS.items():
+        path = root / name
+        if split == "test" and not path.is_file():
+            continue
+        need = ["Filename", *emotions] if split != "test" else ["Filename"]
+        rows += [(line, _vidmimic_id(row["Filename"], path, line), split,
+                  _labels(row, path, line, emotions) if split != "test" else None)
+                 for line, row in _read_csv(path, need)]
+    kept = _drop_repeats(rows, lambda r: r[1], root / "train_split.csv, valid_split.csv")
+    audio = {p.stem: p for p in (root / "audio").glob("*") if p.suffix.lower() in (".mp3", ".wav", ".flac")}
+    return [VideoEntry(file_id, split, labels, "", "", root / "raw" / f"{file_id}.mp4"
+                       if (root / "raw" / f"{file_id}.mp4").is_file() else None, audio.get(file_id))
+            for _, file_id, split, labels in kept]
+
+
+def dataset_task(root: Path | str) -> Task:
+    """The task a raw dataset folder serves, told by its layout (see load_dataset)."""
+    root = Path(root).expanduser().resolve()
+    if (root / VIDMIMIC_SPLITS["train"]).is_file() or (root / VIDMIMIC_SPLITS["val"]).is_file():
+        return get_task("emi")
+    return get_task("eri")
+
+
 def load_dataset(root: Path | str) -> list[VideoEntry]:
-    """Every video listed by the ABAW5 or MuSe 2022 tables under `root`, in table order."""
+    """Every video listed by the ABAW5 or MuSe 2022 tables (Hume-Reaction) or the split tables of
+    Hume-Vidmimic2 under `root`, in table order."""
     root = Path(root).expanduser().resolve()
     if (root / ABAW5_TABLE).is_file():
         return _load_abaw5(root)
     if (root / MUSE_LABELS).is_file() or (root / MUSE_PARTITION).is_file():
         return _load_muse(root)
-    raise UserError(f"{root} holds neither {ABAW5_TABLE} (ABAW5) nor {MUSE_LABELS} + "
-                    f"{MUSE_PARTITION} (MuSe 2022); point to the Hume-Reaction folder{described(root)}")
+    if dataset_task(root).name == "emi":
+        return _load_vidmimic(root)
+    raise UserError(f"{root} holds neither {ABAW5_TABLE} (ABAW5) nor {MUSE_LABELS} + {MUSE_PARTITION} (MuSe "
+                    f"2022) nor {VIDMIMIC_SPLITS['train']} (Hume-Vidmimic2); point to the Hume-Reaction or "
+                    f"Hume-Vidmimic2 folder{described(root)}")
 
 
 def splits_of(entries: list[VideoEntry], path: Path | str, need: tuple[str, ...] = ("train", "val")
@@ -208,38 +257,51 @@ def summary(entries: list[VideoEntry]) -> str:
     return "\n".join(lines)
 
 
-def write_table(entries: list[VideoEntry], path: Path | str) -> None:
-    """The normalised list as CSV (TABLE_COLUMNS); labels written with full precision."""
+def write_table(entries: list[VideoEntry], path: Path | str, emotions=EMOTIONS) -> None:
+    """The normalised list as CSV (file_id, split, the emotions, age, country, mp4, wav); labels
+    written with full precision."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(TABLE_COLUMNS)
+        writer.writerow([*FIXED_COLUMNS[:2], *emotions, *FIXED_COLUMNS[2:]])
         for e in entries:
-            labels = [repr(v) for v in e.labels] if e.labels is not None else [""] * len(EMOTIONS)
+            labels = [repr(v) for v in e.labels] if e.labels is not None else [""] * len(emotions)
             writer.writerow([e.file_id, e.split, *labels, e.age, e.country,
                              "" if e.mp4 is None else str(e.mp4),
                              "" if e.wav is None else str(e.wav)])
 
 
-def update_table(entries: list[VideoEntry], path: Path | str, splits: set[str]) -> list[VideoEntry]:
+def update_table(entries: list[VideoEntry], path: Path | str, splits: set[str], emotions=EMOTIONS) -> list[VideoEntry]:
     """Write `entries` (the videos of `splits`) into the table at `path`, keeping its rows of
     every other split: a run over some splits never drops what a run over others listed.
     Returns the whole table, ordered train, val, test (stable within a split)."""
     path = Path(path)
+    if path.is_file() and table_emotions(path) != list(emotions):
+        raise UserError(f"{path} holds the emotions {', '.join(table_emotions(path))}, this dataset "
+                        f"{', '.join(emotions)}: one feature store serves one task; give another --store")
     new = {e.file_id for e in entries}
     kept = [e for e in read_table(path) if e.split not in splits and e.file_id not in new] if path.is_file() else []
     table = sorted(kept + entries, key=lambda e: SPLITS.index(e.split))
-    write_table(table, path)
+    write_table(table, path, emotions)
     return table
+
+
+def table_emotions(path: Path | str) -> list[str]:
+    """The emotion columns of a table written by `write_table`, in order."""
+    rows = csv_rows(path, "the feature store's videos.csv")
+    if not rows:
+        raise UserError(f"{path}: empty; expected a header with {', '.join(FIXED_COLUMNS)} and the emotions")
+    return [name.strip() for name in rows[0][1] if name.strip() not in FIXED_COLUMNS]
 
 
 def read_table(path: Path | str) -> list[VideoEntry]:
     """Entries written by `write_table`; relative media paths count from the table's folder."""
     path = Path(path)
     rows = []
-    for line, row in _read_csv(path, TABLE_COLUMNS):
+    emotions = table_emotions(path) if path.is_file() else EMOTIONS
+    for line, row in _read_csv(path, [*FIXED_COLUMNS, *emotions]):
         media = [path.parent / row[kind] if row[kind] else None for kind in ("mp4", "wav")]
         rows.append((line, _file_id(row["file_id"], path, line), _split(row["split"], path, line),
-                     _labels(row, path, line), row["age"], row["country"], *media))
+                     _labels(row, path, line, emotions), row["age"], row["country"], *media))
     return [VideoEntry(*row[1:]) for row in _drop_repeats(rows, lambda r: r[1], path)]

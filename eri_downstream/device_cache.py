@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from eri_downstream.data import FeatureDataset, collate
-from eri_downstream.dataset import EMOTIONS
 from eri_downstream.loader import EpochLoader
 from eri_downstream.store import FEATURE_STEPS
 
@@ -72,7 +71,7 @@ class DeviceCache:
         self.dataset, self.device = dataset, torch.device(device)
         entries = dataset.entries
         self.file_ids = [e.file_id for e in entries]
-        self.labels = torch.stack([torch.tensor(e.labels if e.labels is not None else [0.0] * len(EMOTIONS),
+        self.labels = torch.stack([torch.tensor(e.labels if e.labels is not None else [0.0] * len(dataset.emotions),
                                                 dtype=torch.float32) for e in entries]).to(self.device)
         self.has_labels = torch.tensor([e.labels is not None for e in entries]).to(self.device)
         self.packed = {m: Packed(features[m] if features is not None else [self._stored(m, e.file_id) for e in entries],

@@ -22,7 +22,7 @@ import logging
 
 from accelerate import PartialState
 
-from eri_downstream.dataset import load_dataset, summary, update_table
+from eri_downstream.dataset import dataset_task, load_dataset, summary, update_table
 from eri_downstream.steps import EXTRA_STEPS, STEPS, run_step
 from eri_downstream.store import FeatureStore
 from shared import builtin_data
@@ -42,6 +42,8 @@ def parse_args(argv):
     p.add_argument("--data", help="the raw dataset (ABAW5 data_info.csv or MuSe labels/partition); "
                    "default: the built-in synthetic reaction videos (with their transcripts and tiny models)")
     p.add_argument("--store", help="the feature store folder (default with the built-in videos: beside them)")
+    p.add_argument("--task", choices=["eri", "emi"], help="the task (eri_downstream/configs/tasks.yaml); default: "
+                   "the one the data's layout says; without --data, which built-in videos (default eri)")
     p.add_argument("--splits", default="train,val,test", help="splits to process (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="redo finished videos too")
     faces = p.add_argument_group("faces")
@@ -75,6 +77,10 @@ def main(argv=None) -> int:
         raise UserError("--store: the feature store folder to write (required with --data)")
     args.audio_model, args.text_model = args.audio_model or AUDIO_MODEL, args.text_model or TEXT_MODEL
     args.sentence_model = args.sentence_model or SENTENCE_MODEL
+    task = dataset_task(args.data)
+    if args.task and args.task != task.name:
+        raise UserError(f"--task {args.task}: {args.data} is laid out as {task.dataset} ({task.name}); "
+                        f"leave --task out or give a {args.task} dataset")
     splits = {s.strip() for s in args.splits.split(",")}
     entries = [e for e in load_dataset(args.data) if e.split in splits]
     if not entries:
@@ -82,7 +88,7 @@ def main(argv=None) -> int:
     store = FeatureStore(args.store)
     if state.is_main_process:
         store.root.mkdir(parents=True, exist_ok=True)
-        table = update_table(entries, store.table, splits)  # rows of the other splits stay
+        table = update_table(entries, store.table, splits, task.emotions)  # the other splits' rows stay
         log.info("%s\n%s", args.data, summary(table))
     state.wait_for_everyone()
     steps = list(STEPS) if args.step == "all" else [] if args.step == "table" else [args.step]
@@ -95,13 +101,14 @@ def use_builtin(args, state) -> None:
     """The built-in reaction videos: their transcripts go into the store (as a user's own
     transcripts would, so no ASR model is needed) and the tiny built-in audio / text encoders
     stand in for the hub models unless others are named."""
-    base, found = builtin_data.locate("reactions", "models")
+    task = args.task or "eri"
+    base, found = builtin_data.locate(builtin_data.REACTIONS[task], "models")
     if state.is_main_process:  # before any work: which data, or that it is being made and where
         builtin_data.say("reaction videos, transcripts and tiny audio / text encoders", base, found, own="--data")
     with state.main_process_first():
-        args.data = str(builtin_data.reactions(base))
+        args.data = str(builtin_data.reactions(base, task=task))
         models = builtin_data.text_models(base)
-    args.store = args.store or str(base / "features")
+    args.store = args.store or str(base / builtin_data.FEATURES[task])
     args.audio_model, args.text_model = args.audio_model or str(models["audio"]), args.text_model or str(models["text"])
     args.sentence_model = args.sentence_model or str(models["text"])  # the tiny text encoder, mean-pooled
     if state.is_main_process:

@@ -1,8 +1,9 @@
 """Cross-validation folds over train + val, and the challenge's submission file.
 
 The paper's 5-fold CV pools the train and val videos (test never: it has no labels and is what
-the ensemble predicts). Submissions are CSV: `File_ID` bracketed as ABAW5 spells it
-("[00123]", zeros kept), then the 7 emotions in EMOTIONS order, no index column.
+the ensemble predicts). Submissions are CSV: the task's id column (ERI: `File_ID`
+bracketed as ABAW5 spells it, "[00123]", zeros kept), then the task's emotions in order, no index
+column.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import KFold
 
-from eri_downstream.dataset import EMOTIONS, VideoEntry
+from eri_downstream.dataset import VideoEntry
+from eri_downstream.tasks import Task, get_task
 from shared.errors import UserError
 from shared.tables import csv_rows
 
-SUBMISSION_COLUMNS = ["File_ID", *EMOTIONS]
+ERI = get_task("eri")
+SUBMISSION_COLUMNS = [ERI.submission_id, *ERI.emotions]  # the ERI submission's header
 
 
 def cv_folds(entries: Sequence[VideoEntry], n_folds: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
@@ -42,13 +45,13 @@ def _bare(file_id: str) -> str:
     return str(file_id).strip().removeprefix("[").removesuffix("]").strip()
 
 
-def write_submission(path: str | Path, file_ids: Sequence[str], predictions: np.ndarray) -> Path:
-    """predictions (N, 7) in EMOTIONS order -> the challenge CSV, values clipped to [0, 1]
-    (the label range) with 6 decimals; ids may be bare or bracketed. Written atomically."""
+def write_submission(path: str | Path, file_ids: Sequence[str], predictions: np.ndarray, task: Task = ERI) -> Path:
+    """predictions (N, E) in the task's emotion order -> the challenge CSV, values clipped to
+    [0, 1] (the label range) with 6 decimals; ids may be bare or bracketed. Written atomically."""
     predictions = np.asarray(predictions, dtype=np.float64)
     ids = [_bare(f) for f in file_ids]
-    if predictions.shape != (len(ids), len(EMOTIONS)):
-        raise ValueError(f"predictions {predictions.shape} do not match ({len(ids)}, {len(EMOTIONS)})")
+    if predictions.shape != (len(ids), len(task.emotions)):
+        raise ValueError(f"predictions {predictions.shape} do not match ({len(ids)}, {len(task.emotions)})")
     if not np.isfinite(predictions).all():
         raise ValueError("predictions contain NaN or inf; a submission needs a number for every cell")
     if len(set(ids)) != len(ids):
@@ -58,29 +61,30 @@ def write_submission(path: str | Path, file_ids: Sequence[str], predictions: np.
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(SUBMISSION_COLUMNS)
-        for file_id, row in zip(ids, np.clip(predictions, 0.0, 1.0)):
-            writer.writerow([f"[{file_id}]", *(f"{v:.6f}" for v in row)])
+        writer.writerow([task.submission_id, *task.emotions])
+        for file_id, row in zip(task.submission_ids(ids), np.clip(predictions, 0.0, 1.0)):
+            writer.writerow([file_id, *(f"{v:.6f}" for v in row)])
     os.replace(tmp, path)
     return path
 
 
-def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """(bare ids, (N, 7) predictions) of a submission file, or a UserError saying what breaks
-    the format: header, bracketed ids, numbers in [0, 1], repeated ids."""
+def read_submission(path: str | Path, task: Task = ERI) -> tuple[list[str], np.ndarray]:
+    """(bare ids, (N, E) predictions) of a submission file of `task`, or a UserError saying what
+    breaks the format: header, (bracketed) ids, numbers in [0, 1], repeated ids."""
     path = Path(path)
+    columns = [task.submission_id, *task.emotions]
     if not path.is_file():
         raise UserError(f"{path} not found")
-    rows = csv_rows(path, f"a submission with columns {','.join(SUBMISSION_COLUMNS)}")
-    if not rows or rows[0][1] != SUBMISSION_COLUMNS:
-        raise UserError(f"{path}: header {rows[0][1] if rows else []} is not {','.join(SUBMISSION_COLUMNS)} "
+    rows = csv_rows(path, f"a submission with columns {','.join(columns)}")
+    if not rows or rows[0][1] != columns:
+        raise UserError(f"{path}: header {rows[0][1] if rows else []} is not {','.join(columns)} "
                         "(exact columns and order, no index column)")
     ids, values = [], []
     for line, row in rows[1:]:
-        if len(row) != len(SUBMISSION_COLUMNS):
-            raise UserError(f"{path} line {line}: {len(row)} fields, expected {len(SUBMISSION_COLUMNS)}")
+        if len(row) != len(columns):
+            raise UserError(f"{path} line {line}: {len(row)} fields, expected {len(columns)}")
         raw = row[0].strip()
-        if not (raw.startswith("[") and raw.endswith("]") and len(raw) > 2):
+        if task.bracketed_ids and not (raw.startswith("[") and raw.endswith("]") and len(raw) > 2):
             raise UserError(f"{path} line {line}: File_ID {raw!r} is not bracketed like [00123]")
         try:
             numbers = [float(cell) for cell in row[1:]]
@@ -91,5 +95,5 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
         ids.append(_bare(raw))
         values.append(numbers)
     if len(set(ids)) != len(ids):
-        raise UserError(f"{path}: a File_ID appears more than once")
-    return ids, np.array(values, dtype=np.float64).reshape(-1, len(EMOTIONS))
+        raise UserError(f"{path}: a {task.submission_id} appears more than once")
+    return ids, np.array(values, dtype=np.float64).reshape(-1, len(task.emotions))

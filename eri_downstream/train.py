@@ -27,24 +27,24 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from eri_downstream.config import RESUME_KEYS, ERIConfig
 from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate, mixup
-from eri_downstream.dataset import EMOTIONS, read_table, splits_of
+from eri_downstream.dataset import read_table, splits_of, table_emotions
 from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
-from eri_downstream.folds import cv_folds, write_submission
+from eri_downstream.folds import cv_folds
 from eri_downstream.levers import LOSS_NAMES, check_levers, drop_modalities, regression_loss
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
+from eri_downstream.reports import VALIDATION, _defined, cv_summary, report_for, say_constant_columns, write_fold_outputs
 from eri_downstream.store import FeatureStore
+from eri_downstream.tasks import Task, get_task, task_for
 from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
 from shared.config import from_dict, load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
 from shared.launcher import launch
-from shared.metrics import constant_columns, pearson_report
-from shared.plots import bar_chart, loss_and_score, scatter_grid
 from shared.recognise import described
 from shared.stream.reading import derive_seed
 from shared.training.checkpoint import Checkpointer
-from shared.training.loop import Hook, read_metrics, train
+from shared.training.loop import Hook, train
 from shared.training.optim import adamw
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
 from shared.training.schedule import cosine_restarts
@@ -52,7 +52,6 @@ from shared.training.setup import init_tracking, make_accelerator
 from shared.training.wrappers import prepare, refuse_sharding, unwrap
 
 log = logging.getLogger("eri_downstream.train")
-VALIDATION = "validation.jsonl"  # one row per evaluation: epoch, step, mean and mean_defined Pearson
 
 
 def to_device(batch: dict, device) -> dict:
@@ -95,26 +94,14 @@ def predict(acc, net, dataset, batch_size: int, front=None, cache: DeviceCache |
     return {file_id: row for file_id, row in everyone}
 
 
-def report_for(preds: dict[str, np.ndarray], entries) -> dict:
-    labelled = [e for e in entries if e.labels is not None]
-    pred = np.stack([preds[e.file_id] for e in labelled])
-    true = np.array([e.labels for e in labelled], dtype=np.float64)
-    return {**pearson_report(pred, true, EMOTIONS), "videos": len(labelled)}
-
-
-def say_constant_columns(val_entries, say: bool = True) -> None:
-    """One line at the start when a validation emotion never varies (Pearson is undefined there
-    for every model: it is shown as NaN, and selection uses the other emotions); a UserError when
-    none varies (nothing to select on)."""
-    true = np.array([e.labels for e in val_entries if e.labels is not None], dtype=np.float64).reshape(-1, len(EMOTIONS))
-    constant = constant_columns(true, EMOTIONS)
-    if len(constant) == len(EMOTIONS) or len(true) < 2:
-        raise UserError(f"the {len(true)} labelled validation videos vary in no emotion: Pearson is undefined for "
-                        "all of them and no model can be selected; validate on other videos")
-    if constant and say:
-        log.warning("validation column(s) %s constant (%s over %d videos): Pearson undefined there, shown as NaN; "
-                    "selecting on the mean over the other %d emotions", ", ".join(constant),
-                    ", ".join(f"all {v:g}" for v in constant.values()), len(true), len(EMOTIONS) - len(constant))
+def store_task(store: Path, name: str) -> Task:
+    """The task of the store's table (its emotion columns); with `task` set, a UserError when the
+    store holds another task's emotions."""
+    task = task_for(table_emotions(store / "videos.csv"))
+    if name and task.emotions != get_task(name).emotions:
+        raise UserError(f"task={name}: {store} holds the {task.name} task ({', '.join(task.emotions)}); "
+                        f"give a store that stage 3a wrote for {name}, or leave task unset")
+    return task
 
 
 def check_modalities(modalities) -> None:
@@ -139,13 +126,14 @@ def feature_dims(store: Path, modalities, file_id: str, sources: dict[str, str])
 
 
 def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_entries, out: Path,
-             resolved: dict) -> dict | int:
+             resolved: dict, task: Task) -> dict | int:
     """Train on train_entries, select on val_entries; returns the result or EXIT_REQUEUE."""
     if (out / "report.json").is_file():  # a finished fold of an earlier job
         return json.loads((out / "report.json").read_text())
     modalities = tuple(cfg.model.modalities)
     front, sources = None, {"text": cfg.data.text_features}
     derived = {"num_frames": cfg.data.k,  # the temporal SE re-weights K frame slots: the data's K
+               "num_outputs": len(task.emotions),  # one intensity per emotion of the store's task
                **feature_dims(store, [m for m in modalities if not (m == "visual" and cfg.data.end_to_end)],
                               train_entries[0].file_id, sources)}
     if cfg.data.end_to_end and "visual" in modalities:
@@ -159,7 +147,8 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
 
     def dataset(entries, train: bool):
         common = dict(modalities=modalities, k=cfg.data.k, train=train and cfg.data.temporal_augmentation,
-                      max_audio_steps=cfg.data.max_audio_steps, seed=cfg.run.seed, sources=sources)
+                      max_audio_steps=cfg.data.max_audio_steps, seed=cfg.run.seed, sources=sources,
+                      emotions=task.emotions)
         if front is not None:  # image augmentation only while training, never at evaluation
             return FaceFrameDataset(store, entries, augment=train and cfg.data.image_augmentation, **common)
         return FeatureDataset(store, entries, **common)
@@ -173,7 +162,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
         val_cache = DeviceCache(val_set, acc.device)
     else:
         loader = EpochLoader(dataset(train_entries, True), collate_fn=collate, num_workers=cfg.data.num_workers, **order)
-    say_constant_columns(val_entries, say=acc.is_main_process)
+    say_constant_columns(val_entries, task, say=acc.is_main_process)
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = adamw(model, cfg.optim, acc.device)
@@ -208,7 +197,7 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
 
     def evaluate(step):
         net = ema.module if ema is not None else unwrap(acc, model)
-        report = report_for(predict(acc, net, val_set, cfg.data.batch_size, front, val_cache), val_entries)  # every rank
+        report = report_for(predict(acc, net, val_set, cfg.data.batch_size, front, val_cache), val_entries, task)  # every rank
         epoch = step // steps_per_epoch
         # the mean over the emotions where Pearson is defined; the first evaluation is always kept,
         # so a finished run has best weights whatever its scores
@@ -244,55 +233,24 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
     if preempt.stopped_at is not None and best["stale"] < cfg.patience and step < total_steps:
         preempt.acknowledge()
         return EXIT_REQUEUE
-    return finish_fold(cfg, acc, model, val_entries, test_entries, out, dataset, front)
+    return finish_fold(cfg, acc, model, val_entries, test_entries, out, dataset, front, task)
 
 
-def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, front) -> dict:
+def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, front, task: Task) -> dict:
     """The best weights' validation report, plots and test predictions."""
     net = ERIModel(unwrap(acc, model).config).to(acc.device)
     net.load_state_dict(load_file(str(out / "best.safetensors")))  # written by the first evaluation on
     val_pred = predict(acc, net, dataset(val_entries, False), cfg.data.batch_size, front)
     test_pred = predict(acc, net, dataset(test_entries, False), cfg.data.batch_size, front) if test_entries else {}
-    report = report_for(val_pred, val_entries)
+    report = report_for(val_pred, val_entries, task)
     report["best_epoch"] = json.loads((out / "best.json").read_text())["epoch"]
     # the predictions too: a finished fold is read back from here when a CV job is resumed
     result = {**report, "val_predictions": {k: v.tolist() for k, v in val_pred.items()},
               "test_predictions": {k: v.tolist() for k, v in test_pred.items()}}
     if acc.is_main_process:
-        (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
-        table = ["| emotion | Pearson r |", "|---|--:|"] + [f"| {k} | {v:.4f} |" for k, v in report["per_emotion"].items()]
-        table.append(f"| **mean** | **{report['mean']:.4f}** |")
-        if report["nan"]:  # the NaN rows stay; the selection score says what the rest give
-            table.append(f"| mean over {', '.join(report['defined'])} (selection) | {report['mean_defined']:.4f} |")
-        (out / "per_emotion.md").write_text("\n".join(table) + "\n")
-        write_submission(out / "val_predictions.csv", list(val_pred), np.stack(list(val_pred.values())))
-        if test_pred:  # this model's test predictions, in the submission format
-            write_submission(out / "submission.csv", list(test_pred), np.stack(list(test_pred.values())))
-        labelled = [e for e in val_entries if e.labels is not None]
-        chosen = f"the model of epoch {report['best_epoch']} (best validation mean Pearson)"
-        bar_chart(report["per_emotion"], out / "per_emotion_pearson.png", xlabel="emotion",
-                  title=f"validation Pearson r, mean {report['mean']:.4f}:\n{chosen}", ylabel="Pearson r")
-        scatter_grid(np.stack([val_pred[e.file_id] for e in labelled]), np.array([e.labels for e in labelled]),
-                     EMOTIONS, out / "predicted_vs_true.png", title=f"validation intensities, {chosen}")
-        curves(out, report["best_epoch"], cfg.loss)
+        write_fold_outputs(out, result, val_pred, test_pred, val_entries, task, LOSS_NAMES[cfg.loss])
     acc.wait_for_everyone()
     return result
-
-
-def curves(out: Path, chosen: int, loss: str) -> None:
-    """learning_curves.png: training loss per log step and validation mean Pearson per epoch,
-    against the epoch, with the chosen epoch marked."""
-    validation = {}
-    for line in (out / VALIDATION).read_text().splitlines():  # a resumed run appends: the last row counts
-        row = json.loads(line)
-        validation[row["epoch"]] = row
-    rows = [validation[e] for e in sorted(validation)]
-    defined = all(r["mean"] == r["mean_defined"] for r in rows)  # NaN != NaN: constant columns say so
-    score = "validation mean Pearson" if defined else "validation mean Pearson\n(emotions whose truth varies)"
-    loss_and_score(read_metrics(out / "metrics.jsonl"), [{"epoch": r["epoch"], "score": r["mean_defined"]} for r in rows],
-                   chosen, out / "learning_curves.png", steps_per_epoch=rows[0]["step"] / rows[0]["epoch"],
-                   loss=f"training loss ({LOSS_NAMES[loss]}, mean per log step)", score=score,
-                   title="stage 3b: training loss and validation score per epoch")
 
 
 def main(argv=None) -> int:
@@ -302,16 +260,19 @@ def main(argv=None) -> int:
         cfg.run.resume = args.resume
     check_modalities(cfg.model.modalities)
     check_levers(cfg)
+    if cfg.task:
+        get_task(cfg.task)  # an unknown task is one line before any work
     if not cfg.data.store:
-        base, found = builtin_data.locate("features")
+        features = builtin_data.FEATURES[cfg.task or "eri"]
+        base, found = builtin_data.locate(features)
         if not found:
             raise UserError(f"no data given (data.store) and no built-in feature store in "
-                            f"{', '.join(str(p / 'features') for p in builtin_data.places())}: set data.store to a store "
-                            "that stage 3a wrote, or write the built-in one with `affect-extract all --encoder ENCODER` "
-                            f"(no --data); {builtin_data.ROOT_ENV}=DIR finds built-in data made elsewhere (a demo's "
-                            "<its --out>/data)")
-        builtin_data.say("reaction videos' feature store", base / "features", True, own="data.store")
-        cfg.data.store = str(base / "features")
+                            f"{', '.join(str(p / features) for p in builtin_data.places())}: set data.store to a store "
+                            "that stage 3a wrote, or write the built-in one with `affect-extract all --encoder ENCODER"
+                            f"{' --task ' + cfg.task if cfg.task else ''}` (no --data); {builtin_data.ROOT_ENV}=DIR finds "
+                            "built-in data made elsewhere (a demo's <its --out>/data)")
+        builtin_data.say("reaction videos' feature store", base / features, True, own="data.store")
+        cfg.data.store = str(base / features)
     store = Path(cfg.data.store)
     if not (store / "videos.csv").is_file():
         hint = described(store) or f"; stage 3a writes one: `affect-extract all --data RAW --store {store} --encoder ENC`"
@@ -327,6 +288,7 @@ def main(argv=None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
+    task = store_task(store, cfg.task)
     by_split = splits_of(read_table(store / "videos.csv"), store / "videos.csv", need=() if cfg.folds else ("train", "val"))
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
         raise UserError(f"fold={cfg.fold} needs folds=N with 0 <= fold < N (folds={cfg.folds})")
@@ -338,16 +300,16 @@ def main(argv=None) -> int:
             if cfg.fold is not None and i != cfg.fold:
                 continue
             result = run_fold(cfg, acc, store, [by_id[f] for f in train_ids], [by_id[f] for f in held_ids],
-                              by_split["test"], run_dir / f"fold_{i}", resolved)
+                              by_split["test"], run_dir / f"fold_{i}", resolved, task)
             if result == EXIT_REQUEUE:
                 return EXIT_REQUEUE
             results.append(result)
         if cfg.fold is None:
-            summary = cv_summary(results, pool, run_dir, acc)
+            summary = cv_summary(results, pool, run_dir, acc, task)
         else:
             summary = {"fold": cfg.fold, "mean_pearson": results[0]["mean"]}
     else:
-        result = run_fold(cfg, acc, store, by_split["train"], by_split["val"], by_split["test"], run_dir, resolved)
+        result = run_fold(cfg, acc, store, by_split["train"], by_split["val"], by_split["test"], run_dir, resolved, task)
         if result == EXIT_REQUEUE:
             return EXIT_REQUEUE
         summary = {"mean_pearson": result["mean"]}
@@ -355,36 +317,6 @@ def main(argv=None) -> int:
         log.info("done: %s", json.dumps(summary))
     acc.end_training()
     return 0
-
-
-def _defined(report: dict) -> str:
-    """', over the N emotions where it is defined X' when some are NaN."""
-    if not report["nan"]:
-        return ""
-    undefined = ", ".join(f"{n['emotion']} {n['reason']}" for n in report["nan"])
-    return f" ({undefined}; over the {len(report['defined'])} with defined truth {report['mean_defined']:.4f})"
-
-
-def cv_summary(results: list[dict], pool, run_dir: Path, acc) -> dict:
-    """Table 1 of the paper as output: each fold's held-out mean Pearson, the pooled
-    out-of-fold score, and the fold models' ensemble on the test split."""
-    oof = {k: np.array(v) for r in results for k, v in r["val_predictions"].items()}
-    pooled = report_for(oof, pool)
-    summary = {"folds": [r["mean"] for r in results], "out_of_fold": pooled["mean"],
-               "per_emotion_out_of_fold": pooled["per_emotion"]}
-    if acc.is_main_process:
-        lines = ["| fold | mean Pearson |", "|---|--:|"] + [f"| {i} | {m:.4f} |" for i, m in enumerate(summary["folds"])]
-        lines.append(f"| out of fold (all train + val) | {pooled['mean']:.4f} |")
-        (run_dir / "cv_results.md").write_text("\n".join(lines) + "\n")
-        with open(run_dir / "cv_results.csv", "w") as f:
-            f.write("fold,mean_pearson\n" + "".join(f"{i},{m:.6f}\n" for i, m in enumerate(summary["folds"]))
-                    + f"out_of_fold,{pooled['mean']:.6f}\n")
-        if results and results[0]["test_predictions"]:
-            ids = list(results[0]["test_predictions"])
-            ensemble = np.mean([[r["test_predictions"][i] for i in ids] for r in results], axis=0)
-            write_submission(run_dir / "submission.csv", ids, ensemble)
-        (run_dir / "cv_results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
 
 
 def entry() -> None:

@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer steps: a smoke test of the whole path")
     p.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
                    help="off a terminal, a progress line every SECONDS (default %(default)s; on one: in place)")
+    p.add_argument("--task", choices=["eri", "emi"], default="eri", help="stage 3's task: eri (7 emotions, "
+                   "Hume-Reaction layout) or emi (6, Hume-Vidmimic2 layout) (default %(default)s)")
     p.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = p.parse_args(argv)
     out = args.out.resolve()
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
           flush=True)
 
     demo.run("data", "built-in datasets and face shards",
-             [sys.executable, "-m", "shared.builtin_data", "all", "--root", str(data)]
+             [sys.executable, "-m", "shared.builtin_data", "all", "--root", str(data), "--task", args.task]
              + (["--quick"] if args.quick else []), headline=lambda: headlines.data(data))
     afterwards = where_the_data_is(data)  # as the stages will look for it later, without the variable set below
     os.environ[builtin_data.ROOT_ENV] = str(data)  # the stages below find the built-in data here
@@ -116,10 +118,10 @@ def main(argv=None) -> int:
                headline=lambda: headlines.finetune(runs["finetune"]))
     # no --data / --store / data.store: the built-in videos, and their feature store beside them
     demo.stage("extract", "stage 3a: faces, visual, audio and text features", "eri_downstream/extract.py", "all",
-               "--encoder", str(runs["finetune"] / "best" / "encoder"), "--size", "64",
-               headline=lambda: headlines.store(data / "features"))
-    demo.stage("eri", "stage 3b: ERI model", "eri_downstream/train.py", "--config", CONFIGS["eri"],
-               f"run.output_dir={runs['eri']}", *quick["eri"], headline=lambda: headlines.eri(runs["eri"]))
+               "--encoder", str(runs["finetune"] / "best" / "encoder"), "--size", "64", "--task", args.task,
+               headline=lambda: headlines.store(data / builtin_data.FEATURES[args.task]))
+    demo.stage("eri", f"stage 3b: {args.task.upper()} model", "eri_downstream/train.py", "--config", CONFIGS["eri"],
+               f"run.output_dir={runs['eri']}", f"task={args.task}", *quick["eri"], headline=lambda: headlines.eri(runs["eri"]))
     published = out / "published"
     for name in runs:
         demo.run(f"publish_{name}", f"publish {name}", [sys.executable, "-m", "shared.publish", str(runs[name]),

@@ -7,6 +7,7 @@
 #   bash launch/demo.sh                 # everything, into runs/demo
 #   bash launch/demo.sh --out DIR       # elsewhere; --quick for a smaller, faster pass
 #   bash launch/demo.sh --cpu-torch     # install PyTorch's CPU build (no CUDA libraries) into a new .venv
+#   bash launch/demo.sh --task emi      # stage 3 on the EMI task (6 intensities, Hume-Vidmimic2 layout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

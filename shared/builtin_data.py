@@ -13,8 +13,10 @@ default `~/.cache/affect-lineage/builtin`; without the variable a stage also loo
     shards/{affectnet,celeba,casia}/   `face-shards ... --size 80` of those
     reactions/                         Hume-Reaction (ABAW5 layout) videos whose 7 intensities
                                        follow the face, the sound and the words; transcripts.csv
+    reactions_emi/                     the same kind of videos as Hume-Vidmimic2 (its layout, the
+                                       6 EMI intensities), for stage 3 with task emi
     models/{hubert,deberta}/           tiny random audio / text encoders in the hub layout
-    features/                          the feature store, when stage 3a is run without --store
+    features/, features_emi/           the feature stores, when stage 3a is run without --store
 
 Each part is made once, on first use (`.complete` marks a finished part), by one process. A
 stage says which folder it uses, or that it is making the data there and how to point it
@@ -38,6 +40,8 @@ SIZES = {"full": dict(per_class_train=400, per_class_val=25, celeba=750, casia_i
 VIDEOS = {"full": dict(n_train=160, n_val=40, n_test=12), "quick": dict(n_train=24, n_val=12, n_test=4)}
 
 
+REACTIONS = {"eri": "reactions", "emi": "reactions_emi"}  # each task's built-in videos
+FEATURES = {"eri": "features", "emi": "features_emi"}  # and their feature stores
 DEMO_DATA = Path("runs") / "demo" / "data"  # where launch/demo.sh makes it (its default --out)
 CHECKOUT = Path(__file__).resolve().parent.parent  # this checkout, where launch/demo.sh runs by default
 
@@ -57,9 +61,10 @@ def places() -> list[Path]:
 
 
 def complete(base: Path, part: str) -> bool:
-    """Whether `part` ("shards", "reactions", "models" or "features") is finished under `base`."""
-    if part == "features":  # the store that stage 3a writes: its table is written first, by any step
-        return (base / "features" / "videos.csv").is_file()
+    """Whether `part` ("shards", "reactions", "models", "features", or a task's REACTIONS /
+    FEATURES folder) is finished under `base`."""
+    if part.startswith("features"):  # the store that stage 3a writes: its table is written first, by any step
+        return (base / part / "videos.csv").is_file()
     return _done(base / part)
 
 
@@ -127,16 +132,18 @@ def face_shards(base: Path | None = None, *, size: str = "full", progress: bool 
     return {name: shards / name for name in FACE_SOURCES}
 
 
-def reactions(base: Path | None = None, *, size: str = "full") -> Path:
-    """The built-in Hume-Reaction folder (ABAW5 layout, plus transcripts.csv), written if missing."""
+def reactions(base: Path | None = None, *, size: str = "full", task: str = "eri") -> Path:
+    """The built-in videos of `task` (eri: the Hume-Reaction ABAW5 layout; emi: the Hume-Vidmimic2
+    layout), plus transcripts.csv, written if missing."""
     from shared.synthetic.builtin_reactions import write_builtin_reactions
     base = base or root()
-    folder = base / "reactions"
+    folder = base / REACTIONS[task]
     if not _done(folder):
-        print(f"built-in reaction videos: writing {sum(VIDEOS[size].values())} videos (ABAW5 layout, h264 + aac, "
-              f"wav) under {folder}", flush=True)
+        layout = "ABAW5 layout, h264 + aac, wav" if task == "eri" else "Hume-Vidmimic2 layout, h264 + aac, mp3"
+        print(f"built-in reaction videos: writing {sum(VIDEOS[size].values())} videos ({layout}) under {folder}",
+              flush=True)
         shutil.rmtree(folder, ignore_errors=True)
-        write_builtin_reactions(folder, **VIDEOS[size])
+        write_builtin_reactions(folder, **VIDEOS[size], task=task)
         _mark(folder)
     return folder
 
@@ -166,6 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("what", choices=["faces", "reactions", "models", "all"])
     p.add_argument("--root", type=Path, help=f"where (default ${ROOT_ENV} or ~/.cache/affect-lineage/builtin)")
     p.add_argument("--quick", action="store_true", help="fewer faces and videos (smoke tests)")
+    p.add_argument("--task", choices=sorted(REACTIONS), default="eri", help="which videos: eri (Hume-Reaction) "
+                   "or emi (Hume-Vidmimic2 layout)")
     p.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = p.parse_args(argv)
     size = "quick" if args.quick else "full"
@@ -173,7 +182,7 @@ def main(argv=None) -> int:
         for name, folder in face_shards(args.root, size=size, progress=True).items():
             print(f"{name}: {folder}")
     if args.what in ("reactions", "all"):
-        print(f"reactions: {reactions(args.root, size=size)}")
+        print(f"reactions: {reactions(args.root, size=size, task=args.task)}")
     if args.what in ("models", "all"):
         for name, folder in text_models(args.root).items():
             print(f"{name} model: {folder}")

@@ -119,7 +119,7 @@ def figures(monkeypatch):
 
 
 def test_stage_3b_learning_curves_show_loss_and_validation_per_epoch_with_the_chosen_one(tmp_path, figures):
-    from eri_downstream.train import VALIDATION, curves
+    from eri_downstream.reports import VALIDATION, curves
     steps_per_epoch = 4
     with open(tmp_path / "metrics.jsonl", "w") as f:
         for step in range(2, 25, 2):
@@ -130,10 +130,10 @@ def test_stage_3b_learning_curves_show_loss_and_validation_per_epoch_with_the_ch
             f.write(json.dumps({"epoch": epoch, "step": epoch * steps_per_epoch, "mean": score,
                                 "mean_defined": score}) + "\n")
         f.write(json.dumps({"epoch": 3, "step": 12, "mean": 0.26, "mean_defined": 0.26}) + "\n")  # resumed: counts
-    curves(tmp_path, chosen=2)
+    curves(tmp_path, chosen=2, loss="1 - mean CCC")
     assert (tmp_path / "learning_curves.png").stat().st_size > 5000
     loss_axis, score_axis = figures[-1].axes
-    assert loss_axis.get_xlabel() == "epoch" and "training loss" in loss_axis.get_ylabel()
+    assert loss_axis.get_xlabel() == "epoch" and loss_axis.get_ylabel().startswith("training loss (1 - mean CCC")
     assert score_axis.get_ylabel() == "validation mean Pearson"
     train, chosen_line = loss_axis.get_lines()
     assert list(train.get_xdata()) == [s / steps_per_epoch for s in range(2, 25, 2)]

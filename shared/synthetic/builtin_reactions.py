@@ -75,6 +75,20 @@ FILLERS = ("this", "is", "so", "the", "video", "that", "was", "i", "think", "rea
            "look", "at", "it", "just", "and", "a", "what", "he", "she", "they", "well")
 WORDS_PER_UNIT = 2.0  # expected emotion words per unit of intensity
 
+# The EMI-like task: Hume-Vidmimic2's six intensities as a fixed mix of the same seven-emotion
+# latent that the face, voice and words show (rows: EMI_COLUMNS; columns: EMOTION_COLUMNS), so
+# every EMI dimension is shown by some cue. A stand-in for training the pipeline, not a model of
+# what mimicry looks like.
+EMI_COLUMNS = ("Admiration", "Amusement", "Determination", "Empathic Pain", "Excitement", "Joy")
+EMI_MIX = np.array([
+    [0.8, 0, 0, 0, 0, 0, 0.2],      # Admiration: adoration, some surprise
+    [0, 1.0, 0, 0, 0, 0, 0],        # Amusement
+    [0, 0, 0.6, 0.4, 0, 0, 0],      # Determination: a tense, set face (anxiety, disgust's frown)
+    [0, 0, 0, 0, 1.0, 0, 0],        # Empathic Pain
+    [0, 0, 0, 0, 0, 0.4, 0.6],      # Excitement: surprise and fear's arousal
+    [0.5, 0.5, 0, 0, 0, 0, 0],      # Joy: both smiles
+])
+
 
 @dataclass
 class BuiltinReactions:
@@ -191,7 +205,8 @@ def voice(rng: np.random.Generator, intensities: np.ndarray, seconds: float,
 class _Video:
     """One video to draw: where, from which seed, showing which intensities."""
 
-    folder: Path
+    mp4: Path
+    audio: Path  # .wav (ABAW5) or .mp3 (Hume-Vidmimic2): soundfile writes both
     file_id: str
     seed: int
     index: int
@@ -215,9 +230,12 @@ def _draw_video(video: _Video) -> list[Box]:
         draw_expression(frame, box, p, look, float(angle))
         frames.append(np.asarray(frame))
     sound = voice(rng, intensities, video.seconds)
-    _write_mp4(video.folder / "mp4" / f"{video.file_id}.mp4", frames, video.fps, sound[:, None], RATE)
-    (video.folder / "wav").mkdir(parents=True, exist_ok=True)
-    soundfile.write(video.folder / "wav" / f"{video.file_id}.wav", sound, RATE, subtype="PCM_16")
+    _write_mp4(video.mp4, frames, video.fps, sound[:, None], RATE)
+    video.audio.parent.mkdir(parents=True, exist_ok=True)
+    if video.audio.suffix == ".mp3":
+        soundfile.write(video.audio, sound, RATE, format="MP3")
+    else:
+        soundfile.write(video.audio, sound, RATE, subtype="PCM_16")
     return boxes
 
 
@@ -246,6 +264,18 @@ def _write_table(result: BuiltinReactions, rng: np.random.Generator) -> None:
         writer.writerows(rows)
 
 
+def _write_vidmimic_tables(result: BuiltinReactions) -> None:
+    """train_split.csv / valid_split.csv (Filename, the 6 EMI intensities) and test_split.csv
+    (Filename only), sorted by id."""
+    for split, name in (("train", "train_split.csv"), ("val", "valid_split.csv"), ("test", "test_split.csv")):
+        with (result.root / name).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["Filename", *EMI_COLUMNS] if split != "test" else ["Filename"])
+            for file_id in sorted(result.ids[split]):
+                writer.writerow([file_id, *(f"{v:.6f}" for v in result.labels[file_id])] if split != "test"
+                                else [file_id])
+
+
 def write_transcripts_csv(path: Path | str, texts: dict[str, str]) -> None:
     """file_id, text rows sorted by id: the feature store's transcripts.csv format."""
     with open(path, "w", newline="") as handle:
@@ -256,13 +286,16 @@ def write_transcripts_csv(path: Path | str, texts: dict[str, str]) -> None:
 
 def write_builtin_reactions(root: Path | str, *, n_train: int = 120, n_val: int = 40, n_test: int = 20,
                             seconds: float = 2.0, fps: int = 8, size: tuple[int, int] = (160, 120),
-                            seed: int = 0, workers: int | None = None) -> BuiltinReactions:
-    """Write the built-in Hume-Reaction videos under `root` (ABAW5 layout + transcripts.csv).
+                            seed: int = 0, workers: int | None = None, task: str = "eri") -> BuiltinReactions:
+    """Write the built-in Hume-Reaction videos under `root` (ABAW5 layout + transcripts.csv), or
+    with `task="emi"` the same kind of videos as Hume-Vidmimic2 (its layout, EMI_MIX labels).
 
     `size` is (width, height), even (yuv420p). `workers` processes draw (default: one per core).
     """
     if size[0] % 2 or size[1] % 2:
         raise ValueError(f"frame size must be even for yuv420p, got {size}")
+    if task not in ("eri", "emi"):
+        raise ValueError(f"task must be 'eri' or 'emi', got {task!r}")
     start = time.perf_counter()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -279,11 +312,15 @@ def write_builtin_reactions(root: Path | str, *, n_train: int = 120, n_val: int 
             intensities = sample_intensities(rng)
             result.labels[file_id] = [float(v) for v in intensities]
             result.transcripts[file_id] = transcript(rng, intensities)
-            videos.append(_Video(root / split, file_id, seed, len(videos), tuple(result.labels[file_id]),
+            media = ((root / split / "mp4" / f"{file_id}.mp4", root / split / "wav" / f"{file_id}.wav")
+                     if task == "eri" else (root / "raw" / f"{file_id}.mp4", root / "audio" / f"{file_id}.mp3"))
+            videos.append(_Video(*media, file_id, seed, len(videos), tuple(result.labels[file_id]),
                                  result.n_frames, fps, tuple(size), seconds))
+            if task == "emi":  # drawn from the same latent; labelled with its mimicry intensities
+                result.labels[file_id] = [float(v) for v in (EMI_MIX @ intensities).clip(0, 1).round(6)]
     for video, boxes in zip(videos, _draw_all(videos, os.cpu_count() if workers is None else workers)):
         result.boxes[video.file_id] = boxes
-    _write_table(result, rng)
+    _write_table(result, rng) if task == "eri" else _write_vidmimic_tables(result)
     write_transcripts_csv(result.transcripts_csv, result.transcripts)
     result.elapsed = time.perf_counter() - start
     return result
