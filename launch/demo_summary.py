@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from shared import builtin_data
 from shared.plots import learning_curves
 from shared.progress import duration
 from shared.training.loop import read_metrics
@@ -20,8 +21,10 @@ def data(root: Path) -> str:
     for manifest in sorted((root / "shards").glob("*/manifest.json")):
         splits = json.loads(manifest.read_text())["splits"]
         faces[manifest.parent.name] = sum(split["samples"] for split in splits.values())
-    videos = len(list((root / "reactions").rglob("*.mp4")))
-    return f"{sum(faces.values())} faces ({', '.join(f'{k} {v}' for k, v in faces.items())}), {videos} reaction videos"
+    videos = {task: len(list((root / folder).rglob("*.mp4"))) for task, folder in builtin_data.REACTIONS.items()}
+    return (f"{sum(faces.values())} faces ({', '.join(f'{k} {v}' for k, v in faces.items())}), "
+            + ", ".join(f"{n} {task.upper()} reaction videos" for task, n in videos.items() if n)
+            or "no reaction videos")
 
 
 def mae_losses(run: Path) -> dict:
