@@ -13,12 +13,12 @@ Ids are always read as strings: a CSV reader that guesses types turns "[00123]" 
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.atomic import write_csv
 from shared.errors import UserError
 from shared.recognise import described
 from shared.tables import csv_records
@@ -210,16 +210,12 @@ def summary(entries: list[VideoEntry]) -> str:
 
 def write_table(entries: list[VideoEntry], path: Path | str) -> None:
     """The normalised list as CSV (TABLE_COLUMNS); labels written with full precision."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(TABLE_COLUMNS)
-        for e in entries:
-            labels = [repr(v) for v in e.labels] if e.labels is not None else [""] * len(EMOTIONS)
-            writer.writerow([e.file_id, e.split, *labels, e.age, e.country,
-                             "" if e.mp4 is None else str(e.mp4),
-                             "" if e.wav is None else str(e.wav)])
+    rows = []
+    for e in entries:
+        labels = [repr(v) for v in e.labels] if e.labels is not None else [""] * len(EMOTIONS)
+        rows.append([e.file_id, e.split, *labels, e.age, e.country,
+                     "" if e.mp4 is None else str(e.mp4), "" if e.wav is None else str(e.wav)])
+    write_csv(path, TABLE_COLUMNS, rows)
 
 
 def update_table(entries: list[VideoEntry], path: Path | str, splits: set[str]) -> list[VideoEntry]:

@@ -6,9 +6,7 @@ the ensemble predicts). Submissions are CSV: `File_ID` bracketed as ABAW5 spells
 """
 from __future__ import annotations
 
-import csv
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -16,10 +14,13 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from eri_downstream.dataset import EMOTIONS, VideoEntry
+from shared.atomic import write_csv
 from shared.errors import UserError
 from shared.tables import csv_rows
 
 SUBMISSION_COLUMNS = ["File_ID", *EMOTIONS]
+PREDICTIONS = "predictions.csv"
+PREDICTION_COLUMNS = ["file_id", *(f"predicted_{e}" for e in EMOTIONS), *(f"true_{e}" for e in EMOTIONS)]
 
 
 def cv_folds(entries: Sequence[VideoEntry], n_folds: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
@@ -53,16 +54,20 @@ def write_submission(path: str | Path, file_ids: Sequence[str], predictions: np.
         raise ValueError("predictions contain NaN or inf; a submission needs a number for every cell")
     if len(set(ids)) != len(ids):
         raise ValueError("file_ids repeat; each video must appear once")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(SUBMISSION_COLUMNS)
-        for file_id, row in zip(ids, np.clip(predictions, 0.0, 1.0)):
-            writer.writerow([f"[{file_id}]", *(f"{v:.6f}" for v in row)])
-    os.replace(tmp, path)
-    return path
+    return write_csv(path, SUBMISSION_COLUMNS, ([f"[{file_id}]", *(f"{v:.6f}" for v in row)]
+                                                for file_id, row in zip(ids, np.clip(predictions, 0.0, 1.0))))
+
+
+def write_predictions(path: str | Path, predictions: dict[str, np.ndarray], entries: Sequence[VideoEntry]) -> Path:
+    """predictions.csv beside a report: per video of `entries` that has a prediction, `file_id`
+    (zeros kept), the 7 predicted intensities as the model gave them (not clipped) and the 7
+    true ones (empty when unlabelled), in PREDICTION_COLUMNS order; numbers as Python's repr
+    spells them, so a float64 reader gets the exact values the report was computed from. The report's Pearson r is recomputed from it
+    (tests/prediction_utils.py). Written atomically."""
+    def cells(values) -> list[str]:
+        return [repr(float(v)) for v in values] if values is not None else [""] * len(EMOTIONS)
+    return write_csv(path, PREDICTION_COLUMNS, ([e.file_id, *cells(predictions[e.file_id]), *cells(e.labels)]
+                                                for e in entries if e.file_id in predictions))
 
 
 def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:

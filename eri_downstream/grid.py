@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from shared.atomic import write_text
 from shared.errors import UserError, run_cli
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -52,9 +53,8 @@ def collect(configs: list[Path], overrides: list[str], out: Path) -> str:
     fmt = lambda v: "not run" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| configuration | ours | paper (dev) |", "|---|--:|--:|"]
     lines += [f"| {name} | {fmt(o)} | {fmt(p)} |" for name, o, p in rows]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.csv").write_text("configuration,ours,paper\n" + "".join(
+    write_text(out / "results.md", "\n".join(lines) + "\n")
+    write_text(out / "results.csv", "configuration,ours,paper\n" + "".join(
         f"{n},{'' if o is None else f'{o:.6f}'},{'' if p is None else p}\n" for n, o, p in rows))
     return "\n".join(lines)
 

@@ -34,9 +34,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from shared.atomic import write_json, write_safetensors
 from shared.errors import UserError
 
 MODALITIES = ("visual", "audio", "text")
@@ -329,10 +330,8 @@ def save_eri_model(model: ERIModel, folder, extra: dict | None = None) -> Path:
     clash = sorted(set(config) & set(extra or {}))
     if clash:
         raise ValueError(f"extra keys {clash} would replace the model's configuration")
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps({**config, **(extra or {})}, indent=2) + "\n")
+    write_safetensors(folder / "model.safetensors", model.state_dict(), {"format": "pt"})
+    write_json(folder / "config.json", {**config, **(extra or {})}, indent=2)
     return folder
 
 

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from accelerate.utils import gather_object
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -30,12 +29,13 @@ from eri_downstream.config import RESUME_KEYS, ERIConfig
 from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate, mixup
 from eri_downstream.dataset import EMOTIONS, read_table, splits_of
 from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
-from eri_downstream.folds import cv_folds, write_submission
+from eri_downstream.folds import PREDICTIONS, cv_folds, write_predictions, write_submission
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
 from eri_downstream.store import FeatureStore
 from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
+from shared.atomic import write_json, write_safetensors, write_text, write_yaml
 from shared.config import from_dict, load_config, parse_cli, to_dict
 from shared.errors import UserError, run_cli
 from shared.launcher import launch
@@ -222,9 +222,9 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
                 f.write(json.dumps({"epoch": epoch, "step": step, "mean": report["mean"],
                                     "mean_defined": report["mean_defined"]}) + "\n")
             if improved:
-                save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "best.safetensors"))
-                (out / "best_report.json").write_text(json.dumps(report, indent=1) + "\n")
-            (out / "best.json").write_text(json.dumps(best) + "\n")
+                write_safetensors(out / "best.safetensors", net.state_dict())
+                write_json(out / "best_report.json", report)
+            write_json(out / "best.json", best, indent=None)
 
     def stop(step: int) -> bool:
         return preempt(step) or best["stale"] >= cfg.patience
@@ -255,12 +255,13 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
     result = {**report, "val_predictions": {k: v.tolist() for k, v in val_pred.items()},
               "test_predictions": {k: v.tolist() for k, v in test_pred.items()}}
     if acc.is_main_process:
-        (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
+        write_predictions(out / PREDICTIONS, val_pred, val_entries)  # before report.json: it marks the fold done
+        write_json(out / "report.json", result)
         table = ["| emotion | Pearson r |", "|---|--:|"] + [f"| {k} | {v:.4f} |" for k, v in report["per_emotion"].items()]
         table.append(f"| **mean** | **{report['mean']:.4f}** |")
         if report["nan"]:  # the NaN rows stay; the selection score says what the rest give
             table.append(f"| mean over {', '.join(report['defined'])} (selection) | {report['mean_defined']:.4f} |")
-        (out / "per_emotion.md").write_text("\n".join(table) + "\n")
+        write_text(out / "per_emotion.md", "\n".join(table) + "\n")
         write_submission(out / "val_predictions.csv", list(val_pred), np.stack(list(val_pred.values())))
         if test_pred:  # this model's test predictions, in the submission format
             write_submission(out / "submission.csv", list(test_pred), np.stack(list(test_pred.values())))
@@ -320,7 +321,7 @@ def main(argv=None) -> int:
     resolved = to_dict(cfg)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_yaml(run_dir / "config.yaml", resolved)
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
     by_split = splits_of(read_table(store / "videos.csv"), store / "videos.csv", need=() if cfg.folds else ("train", "val"))
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
@@ -368,17 +369,17 @@ def cv_summary(results: list[dict], pool, run_dir: Path, acc) -> dict:
     summary = {"folds": [r["mean"] for r in results], "out_of_fold": pooled["mean"],
                "per_emotion_out_of_fold": pooled["per_emotion"]}
     if acc.is_main_process:
+        write_predictions(run_dir / PREDICTIONS, oof, pool)  # each video by the fold that held it out
         lines = ["| fold | mean Pearson |", "|---|--:|"] + [f"| {i} | {m:.4f} |" for i, m in enumerate(summary["folds"])]
         lines.append(f"| out of fold (all train + val) | {pooled['mean']:.4f} |")
-        (run_dir / "cv_results.md").write_text("\n".join(lines) + "\n")
-        with open(run_dir / "cv_results.csv", "w") as f:
-            f.write("fold,mean_pearson\n" + "".join(f"{i},{m:.6f}\n" for i, m in enumerate(summary["folds"]))
-                    + f"out_of_fold,{pooled['mean']:.6f}\n")
+        write_text(run_dir / "cv_results.md", "\n".join(lines) + "\n")
+        write_text(run_dir / "cv_results.csv", "fold,mean_pearson\n" + "".join(
+            f"{i},{m:.6f}\n" for i, m in enumerate(summary["folds"])) + f"out_of_fold,{pooled['mean']:.6f}\n")
         if results and results[0]["test_predictions"]:
             ids = list(results[0]["test_predictions"])
             ensemble = np.mean([[r["test_predictions"][i] for i in ids] for r in results], axis=0)
             write_submission(run_dir / "submission.csv", ids, ensemble)
-        (run_dir / "cv_results.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_json(run_dir / "cv_results.json", summary)
     return summary
 
 

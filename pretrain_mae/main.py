@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import torch
-import yaml
 
 from pretrain_mae.config import PretrainConfig, resume_keys
 from pretrain_mae.data import build_data
@@ -21,6 +20,7 @@ from pretrain_mae.export import export_mae
 from pretrain_mae.model import build_mae
 from pretrain_mae.visualize import reconstruction_figure
 from shared import builtin_data
+from shared.atomic import write_yaml
 from shared.checkpoints import load_into, load_state_dict_file
 from shared.encoders import load_encoder, spec_kind, stored_pool
 from shared.config import load_config, parse_cli, to_dict
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     resolved = to_dict(cfg)
     start_step, _ = checkpointer.restore(cfg.run.resume, data, resolved, resume_keys(cfg))
     if acc.is_main_process:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_yaml(run_dir / "config.yaml", resolved)
         StopRequest.clear_markers(run_dir)
     stop = StopRequest(acc, run_dir, check_every=cfg.run.stop_check_every)
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)

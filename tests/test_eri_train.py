@@ -14,6 +14,7 @@ import torch
 from eri_downstream.dataset import EMOTIONS, VideoEntry, write_table
 from eri_downstream.folds import read_submission
 from eri_downstream.store import FeatureStore
+from prediction_utils import check_pearson
 from run_utils import ROOT, metrics, run_stage, start_stage, wait_for_steps
 from test_slurm import slurm_env
 
@@ -58,6 +59,7 @@ def test_learns_reports_plots_and_writes_a_submission(store, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["videos"] == 16 and set(report["per_emotion"]) == set(EMOTIONS)
     assert report["mean"] > 0.5, report
+    assert check_pearson(out) == report["mean"]  # recomputed from predictions.csv
     assert f"| **mean** | **{report['mean']:.4f}** |" in (out / "per_emotion.md").read_text()
     for png in ("per_emotion_pearson.png", "predicted_vs_true.png", "learning_curves.png"):
         assert (out / png).stat().st_size > 5000
@@ -83,6 +85,8 @@ def test_cross_validation_ensembles_the_folds(store, tmp_path):
     assert np.allclose(ensemble, expected, atol=1e-6)
     held_out = [set(json.loads((out / f"fold_{i}" / "report.json").read_text())["val_predictions"]) for i in range(3)]
     assert sum(map(len, held_out)) == 56 and set.union(*held_out) == {f"{i:05d}" for i in range(56)}
+    assert [check_pearson(out / f"fold_{i}") for i in range(3)] == summary["folds"]  # each fold's predictions.csv
+    assert check_pearson(out, "cv_results.json", "out_of_fold") == summary["out_of_fold"]  # all 56, out of fold
 
 
 def test_folds_run_as_separate_jobs_then_one_run_collects_them(store, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
+from prediction_utils import check_classification
 from run_utils import metrics, run_stage
 from shard_utils import read_samples
 
@@ -42,6 +43,8 @@ def test_learns_above_chance_and_reports_what_sklearn_computes(tiny_encoder, exp
     assert (out / "eval" / "step_00000060" / "model" / "confusion_matrix.png").stat().st_size > 10_000
     best = json.loads((out / "best" / "report.json").read_text())
     assert best["balanced_accuracy"] >= final["balanced_accuracy"]
+    for folder in (out / "eval" / "step_00000030" / "model", out / "eval" / "step_00000060" / "model", out / "best"):
+        assert check_classification(folder)["step"] in (30, 60)  # each report, from its predictions.csv
     assert set(metrics(out)) == set(range(1, 61))
 
     # the exported classifier, run on independently read faces, gives the reported numbers
@@ -145,5 +148,5 @@ def test_linear_probe_leaves_the_encoder_untouched(tiny_encoder, expression_shar
     before = load_file(tiny_encoder / "model.safetensors")
     after = load_file(out / "export" / "encoder" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
-    report = json.loads((out / "eval" / "step_00000030" / "model" / "report.json").read_text())
+    report = check_classification(out / "eval" / "step_00000030" / "model")  # recomputed from predictions.csv
     assert report["samples"] == 40 and report["top1"] > 0.25  # a linear read-out of random features
