@@ -218,9 +218,10 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
                     step=step)
             log.info("epoch %d: validation mean Pearson %.4f%s%s", epoch, report["mean"], _defined(report),
                      " (best)" if improved else "")
-            with open(out / VALIDATION, "a") as f:  # the learning-curve figure's validation line
-                f.write(json.dumps({"epoch": epoch, "step": step, "mean": report["mean"],
-                                    "mean_defined": report["mean_defined"]}) + "\n")
+            # the learning-curve figure's validation line; rewritten whole, so a kill never leaves half a row
+            earlier = (out / VALIDATION).read_text() if (out / VALIDATION).is_file() else ""
+            write_text(out / VALIDATION, earlier + json.dumps({"epoch": epoch, "step": step, "mean": report["mean"],
+                                                               "mean_defined": report["mean_defined"]}) + "\n")
             if improved:
                 write_safetensors(out / "best.safetensors", net.state_dict())
                 write_json(out / "best_report.json", report)
