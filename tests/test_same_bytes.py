@@ -11,8 +11,8 @@ import pytest
 from run_utils import run_stage
 from shared import builtin_data
 
-# the run's log: throughput and waiting time per log step, which no two runs share
-LOGS = {"metrics.jsonl"}
+# the run's timing log: throughput and waiting time per log step, which no two runs share
+LOGS = {"timing.jsonl"}
 
 
 def digests(folder) -> dict[str, str]:
