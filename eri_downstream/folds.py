@@ -62,8 +62,8 @@ def write_predictions(path: str | Path, predictions: dict[str, np.ndarray], entr
     """predictions.csv beside a report: per video of `entries` that has a prediction, `file_id`
     (zeros kept), the 7 predicted intensities as the model gave them (not clipped) and the 7
     true ones (empty when unlabelled), in PREDICTION_COLUMNS order; numbers as Python's repr
-    spells them, so a float64 reader gets the exact values the report was computed from. The report's Pearson r is recomputed from it
-    (tests/prediction_utils.py). Written atomically."""
+    spells them, so a float64 reader gets the exact values the report was computed from (the
+    report's Pearson r is recomputed from it in tests/prediction_utils.py). Written atomically."""
     def cells(values) -> list[str]:
         return [repr(float(v)) for v in values] if values is not None else [""] * len(EMOTIONS)
     return write_csv(path, PREDICTION_COLUMNS, ([e.file_id, *cells(predictions[e.file_id]), *cells(e.labels)]

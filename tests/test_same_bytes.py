@@ -1,6 +1,7 @@
 """Identical runs, identical bytes: two runs with the same inputs, configuration and seed on the
 CPU write byte-identical artifacts (README: "Identical runs, identical bytes"). Stage 3a on the
-built-in reaction videos (quick size) twice, then stage 3b on that store twice."""
+built-in reaction videos (quick size) twice, then stage 3b on that store twice; stage 2 on tiny
+shards twice."""
 from __future__ import annotations
 
 import hashlib
@@ -63,4 +64,18 @@ def test_stage_3b_writes_the_same_bytes_twice(stores, tmp_path):
     assert {"best.safetensors", "report.json", "predictions.csv", "submission.csv", "learning_curves.png",
             "config.yaml"} <= names
     assert any(n.startswith("checkpoints/step_") for n in names)
+    assert differing(first, out) == []
+
+
+def test_stage_2_writes_the_same_bytes_twice(tiny_encoder, expression_shards, tmp_path):
+    """Reports, predictions, confusion matrices, best/ and export/ weights, training states."""
+    from test_finetune import tiny
+    out, first = tmp_path / "run", tmp_path / "first"
+    args = tiny(out, tiny_encoder, expression_shards, "run.total_steps=4", "eval.every=2", "run.save_every=2")
+    run_stage("finetune_affectnet/main.py", *args)
+    shutil.move(out, first)
+    run_stage("finetune_affectnet/main.py", *args)
+    names = set(digests(out))
+    assert {"eval/step_00000002/model/predictions.csv", "best/report.json", "best/head.safetensors",
+            "export/encoder/model.safetensors", "metrics.jsonl", "checkpoints/step_00000004/meta.json"} <= names
     assert differing(first, out) == []

@@ -32,7 +32,7 @@ from .meter import Throughput
 from .schedule import set_lr
 
 log = logging.getLogger(__name__)
-TIMING = "timing.jsonl"  # beside the metrics file: the run's throughput and memory per log step (a log, not an artifact)
+TIMING = "timing.jsonl"  # beside the metrics file: throughput and memory per log step (a log, not an artifact)
 
 
 @dataclass
