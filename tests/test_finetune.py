@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from prediction_utils import check_classification
+from prediction_utils import check_classification, read_rows
 from run_utils import metrics, run_stage
 from shard_utils import read_samples
 
@@ -80,9 +80,13 @@ def test_two_processes_evaluate_every_face_once(tiny_encoder, expression_shards,
     state = out / "checkpoints" / "step_00000003"
     ranks = [json.loads((state / f"rank_{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # identical parameters on every rank
+    val_keys = sorted(k for k, s in read_samples(expression_shards).items()
+                      if s["meta"]["split"] == "val" and s["cls"] in range(8))
     for weights in ("model", "ema"):
-        report = json.loads((out / "eval" / "step_00000003" / weights / "report.json").read_text())
+        report = check_classification(out / "eval" / "step_00000003" / weights)  # gathered keys line up with the rows
         assert report["samples"] == 40 and sum(map(sum, report["confusion_matrix"])) == 40
+        _, rows = read_rows(out / "eval" / "step_00000003" / weights / "predictions.csv")
+        assert sorted(r["key"] for r in rows) == val_keys  # every validation face once, by its own key, from both ranks
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_encoder, expression_shards, tmp_path):
