@@ -103,7 +103,7 @@ def parse_cli(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--resume", help="'auto' (newest complete state of the run) or a state folder")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value before and after the flags
 
 
 def add_config_arguments(parser: argparse.ArgumentParser,
