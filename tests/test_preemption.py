@@ -66,7 +66,8 @@ def test_stop_file_stops_every_rank_at_the_same_step(tmp_path):
 def test_finetuning_stops_and_resumes_too(tiny_encoder, expression_shards, tmp_path):
     args = [f"model.encoder={tiny_encoder}", f"data.shards={expression_shards}", "model.hidden_dim=16",
             "data.batch_size=8", "data.eval_batch_size=8", "data.num_workers=0", "data.auto_augment=null",
-            "data.mixup=0.0", "data.cutmix=0.0", "data.reprob=0.0", "optim.lr=1e-3", "run.total_steps=40",
+            "data.mixup=0.0", "data.cutmix=0.0", "data.reprob=0.0", "optim.lr=1e-3", "optim.warmup_steps=0",
+            "optim.betas=[0.9, 0.95]", "run.total_steps=40",
             "run.save_every=1000", "run.log_every=1", "run.stop_check_every=1", "eval.every=0",
             "ema_decay=0.9", "run.mixed_precision=no", "run.trackers=[]"]
     run_stage(FINETUNE, *args, f"run.output_dir={tmp_path / 'whole'}")
