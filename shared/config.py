@@ -20,6 +20,7 @@ import difflib
 import re
 import types
 import typing
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -66,7 +67,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         _check_stage(cls, source, stage)
     for source, _, data in layers:
         _check_keys(cls, data, "", f"{source}: ")
-        node = _omega(lambda: OmegaConf.merge(node, data), cls, data, f"{source}: ")
+        node = _omega(partial(OmegaConf.merge, node, data), cls, data, f"{source}: ")
     for item in overrides:
         key, value = parse_override(item)
         nested: dict[str, Any] = {}
@@ -75,8 +76,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         value = _get_dotted(nested, key)
         # a section's given keys merge into it; any other value (a dict-valued key too) is replaced
         merge = dataclasses.is_dataclass(_strip_optional(_type_at(cls, key)))
-        _omega(lambda: OmegaConf.update(node, key, value, merge=merge), cls, nested, "")
-    cfg = _omega(lambda: OmegaConf.to_object(node), cls, {}, "")
+        _omega(partial(OmegaConf.update, node, key, value, merge=merge), cls, nested, "")
+    cfg = _omega(partial(OmegaConf.to_object, node), cls, {}, "")
     check_values(cfg)
     return cfg
 
@@ -86,8 +87,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     `prefix` is put before the keys named in errors (where `data` sits in a larger config)."""
     data = dict(data)
     _check_keys(cls, data, prefix, "")
-    node = _omega(lambda: OmegaConf.merge(OmegaConf.structured(cls), data), cls, data, "", prefix)
-    cfg = _omega(lambda: OmegaConf.to_object(node), cls, data, "", prefix)
+    node = _omega(partial(OmegaConf.merge, OmegaConf.structured(cls), data), cls, data, "", prefix)
+    cfg = _omega(partial(OmegaConf.to_object, node), cls, data, "", prefix)
     check_values(cfg, prefix)
     return cfg
 

@@ -90,8 +90,9 @@ def check_values(cfg: Any, prefix: str = "") -> None:
             bad = [v for v in items if v not in rule]
             need = f"must be one of {', '.join(flow(c) for c in rule)}"
         if bad:
-            each = "each item " if isinstance(value, (list, tuple)) else ""
-            raise UserError(f"{key}={flow(value)}: {each}{need}")
+            many = isinstance(value, (list, tuple))
+            which = f" (not {', '.join(flow(v) for v in bad)})" if many else ""
+            raise UserError(f"{key}={flow(value)}: {'each item ' if many else ''}{need}{which}")
 
 
 def rule_of(f: dataclasses.Field) -> str:
