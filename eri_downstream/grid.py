@@ -19,7 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from eri_downstream.config import ERIConfig
 from shared.atomic import write_text
+from shared.config import load_config
 from shared.errors import UserError, run_cli
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -35,7 +37,7 @@ def output_dir(config: Path, overrides: list[str]) -> Path:
     for item in overrides:
         if item.startswith("run.output_dir="):
             return Path(item.split("=", 1)[1]) / config.stem
-    return Path(yaml.safe_load(config.read_text())["run"]["output_dir"])
+    return Path(load_config(ERIConfig, config).run.output_dir)  # through its base, if it names one
 
 
 def score(run_dir: Path) -> float | None:

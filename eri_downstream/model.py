@@ -45,7 +45,7 @@ MODALITIES = ("visual", "audio", "text")
 
 @dataclass
 class ERIModelConfig:
-    modalities: Sequence[str] = ("visual", "audio", "text")  # any non-empty subset: V, A, T, V+A, V+A+T
+    modalities: tuple[str, ...] = ("visual", "audio", "text")  # any non-empty subset: V, A, T, V+A, V+A+T
     # input feature sizes: ViT-B (768), HuBERT-base last layer (768), DeBERTa-large (1024)
     visual_dim: int = 768
     audio_dim: int = 768
@@ -58,7 +58,7 @@ class ERIModelConfig:
     gru_hidden: int = 128  # per direction; the BiGRU emits 256
     gru_layers: int = 2
     # audio branch: dilated causal TCN (dilation 2**i for block i), then a transformer of width tcn_channels[-1]
-    tcn_channels: Sequence[int] = (128, 128)
+    tcn_channels: tuple[int, ...] = (128, 128)
     tcn_kernel: int = 3
     audio_layers: int = 1
     audio_heads: int = 4

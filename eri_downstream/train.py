@@ -36,7 +36,7 @@ from eri_downstream.store import FeatureStore
 from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
 from shared.atomic import write_json, write_safetensors, write_text, write_yaml
-from shared.config import from_dict, load_config, parse_cli, to_dict
+from shared.config import from_dict, load_config, parse_cli, print_config, to_dict
 from shared.errors import UserError, run_cli
 from shared.launcher import launch
 from shared.metrics import constant_columns, pearson_report
@@ -296,6 +296,8 @@ def curves(out: Path, chosen: int) -> None:
 def main(argv=None) -> int:
     args = parse_cli(argv, __doc__)
     cfg = load_config(ERIConfig, args.config, args.overrides)
+    if args.print_config:
+        return print_config(cfg)
     if args.resume:
         cfg.run.resume = args.resume
     check_modalities(cfg.model.modalities)

@@ -23,7 +23,7 @@ from finetune_affectnet.model import build_classifier, export_classifier, param_
 from finetune_affectnet.regularize import Objective
 from shared import builtin_data
 from shared.atomic import write_yaml
-from shared.config import load_config, parse_cli, to_dict
+from shared.config import load_config, parse_cli, print_config, to_dict
 from shared.errors import UserError, run_cli
 from shared.launcher import launch
 from shared.training.batching import split_global_batch
@@ -43,6 +43,8 @@ METRICS = ("top1", "balanced_accuracy", "macro_f1")
 def main(argv=None) -> int:
     args = parse_cli(argv, __doc__)
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    if args.print_config:
+        return print_config(cfg)
     if args.resume:
         cfg.run.resume = args.resume
     if cfg.eval.metric not in METRICS:

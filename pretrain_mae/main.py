@@ -23,7 +23,7 @@ from shared import builtin_data
 from shared.atomic import write_yaml
 from shared.checkpoints import load_into, load_state_dict_file
 from shared.encoders import load_encoder, spec_kind, stored_pool
-from shared.config import load_config, parse_cli, to_dict
+from shared.config import load_config, parse_cli, print_config, to_dict
 from shared.errors import run_cli
 from shared.launcher import launch
 from shared.stream.reading import derive_seed
@@ -76,6 +76,8 @@ def initial_weights(spec: str) -> dict[str, torch.Tensor]:
 def main(argv=None) -> int:
     args = parse_cli(argv, __doc__)
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    if args.print_config:
+        return print_config(cfg)
     if args.resume:
         cfg.run.resume = args.resume
     acc = make_accelerator(cfg.run)

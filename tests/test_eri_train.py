@@ -48,7 +48,8 @@ def store(tmp_path_factory):
 def tiny(store, out, *extra):
     overrides = "{visual_dim: 16, audio_dim: 8, text_dim: 8}"
     return [f"data.store={store}", f"run.output_dir={out}", f"model.overrides={overrides}", "data.k=8",
-            "data.batch_size=8", "data.num_workers=0", "optim.lr=3e-3", "epochs=15", "restart_epochs=5",
+            "data.batch_size=8", "data.num_workers=0", "optim.lr=3e-3", "optim.min_lr=0", "optim.weight_decay=0.05",
+            "optim.betas=[0.9, 0.95]", "epochs=15", "restart_epochs=5",
             "patience=15", "ema_decay=0.9", "run.mixed_precision=no", "run.trackers=[]", "run.log_every=1",
             *extra]
 

@@ -19,7 +19,7 @@ def tiny(out, encoder, shards, *extra):
     return [f"model.encoder={encoder}", f"data.shards={shards}", "model.hidden_dim=32", "model.drop_path=0.0",
             "data.batch_size=16", "data.eval_batch_size=8", "data.num_workers=1", "data.shuffle_buffer=32",
             "data.auto_augment=null", "data.reprob=0.0", "data.mixup=0.0", "data.cutmix=0.0",
-            "data.scale=[0.5, 1.0]", "optim.lr=3e-3", "optim.warmup_steps=5", "layer_decay=1.0",
+            "data.scale=[0.5, 1.0]", "optim.lr=3e-3", "optim.warmup_steps=5", "optim.betas=[0.9, 0.95]", "layer_decay=1.0",
             "ema_decay=null", "run.mixed_precision=no", "run.trackers=[]", "run.log_every=1",
             f"run.output_dir={out}", *extra]
 
