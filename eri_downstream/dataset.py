@@ -23,12 +23,12 @@ Ids are always read as strings: a CSV reader that guesses types turns "[00123]" 
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.atomic import write_csv
 from shared.errors import UserError
 from shared.recognise import described
 from eri_downstream.tasks import Task, get_task, tasks
@@ -259,17 +259,13 @@ def summary(entries: list[VideoEntry]) -> str:
 
 def write_table(entries: list[VideoEntry], path: Path | str, emotions=EMOTIONS) -> None:
     """The normalised list as CSV (file_id, split, the emotions, age, country, mp4, wav); labels
-    written with full precision."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*FIXED_COLUMNS[:2], *emotions, *FIXED_COLUMNS[2:]])
-        for e in entries:
-            labels = [repr(v) for v in e.labels] if e.labels is not None else [""] * len(emotions)
-            writer.writerow([e.file_id, e.split, *labels, e.age, e.country,
-                             "" if e.mp4 is None else str(e.mp4),
-                             "" if e.wav is None else str(e.wav)])
+    written with full precision. Written atomically."""
+    rows = []
+    for e in entries:
+        labels = [repr(v) for v in e.labels] if e.labels is not None else [""] * len(emotions)
+        rows.append([e.file_id, e.split, *labels, e.age, e.country,
+                     "" if e.mp4 is None else str(e.mp4), "" if e.wav is None else str(e.wav)])
+    write_csv(path, [*FIXED_COLUMNS[:2], *emotions, *FIXED_COLUMNS[2:]], rows)
 
 
 def update_table(entries: list[VideoEntry], path: Path | str, splits: set[str], emotions=EMOTIONS) -> list[VideoEntry]:

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from eri_downstream.video import VideoError, VideoReader, decode_frames  # noqa: F401 - decode_frames: public here too
+from shared.atomic import atomic_open
 from shared.errors import RunError, UserError
 from shared.pixels import open_rgb
 
@@ -279,17 +280,10 @@ def _jpeg(crop: np.ndarray) -> bytes:
 
 def save_face_track(track: FaceTrack, path: str | Path) -> None:
     """Write the tar described in the module docstring; a crash never leaves a partial file at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tarfile.open(tmp, "w") as tar:
-            _add(tar, "track.json", json.dumps(_metadata(track), allow_nan=False).encode())
-            for i, crop in enumerate(track.crops):
-                _add(tar, f"{i:06d}.jpg", _jpeg(crop))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as handle, tarfile.open(fileobj=handle, mode="w") as tar:
+        _add(tar, "track.json", json.dumps(_metadata(track), allow_nan=False, sort_keys=True).encode())
+        for i, crop in enumerate(track.crops):
+            _add(tar, f"{i:06d}.jpg", _jpeg(crop))
 
 
 def load_face_track(path: str | Path) -> FaceTrack:

@@ -7,22 +7,26 @@ column.
 """
 from __future__ import annotations
 
-import csv
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from sklearn.model_selection import KFold
 
-from eri_downstream.dataset import VideoEntry
+from eri_downstream.dataset import EMOTIONS, VideoEntry
 from eri_downstream.tasks import Task, get_task
+from shared.atomic import write_csv
 from shared.errors import UserError
 from shared.tables import csv_rows
 
 ERI = get_task("eri")
 SUBMISSION_COLUMNS = [ERI.submission_id, *ERI.emotions]  # the ERI submission's header
+PREDICTIONS = "predictions.csv"
+
+
+def prediction_columns(emotions=EMOTIONS) -> list[str]:
+    return ["file_id", *(f"predicted_{e}" for e in emotions), *(f"true_{e}" for e in emotions)]
 
 
 def cv_folds(entries: Sequence[VideoEntry], n_folds: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
@@ -56,16 +60,22 @@ def write_submission(path: str | Path, file_ids: Sequence[str], predictions: np.
         raise ValueError("predictions contain NaN or inf; a submission needs a number for every cell")
     if len(set(ids)) != len(ids):
         raise ValueError("file_ids repeat; each video must appear once")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([task.submission_id, *task.emotions])
-        for file_id, row in zip(task.submission_ids(ids), np.clip(predictions, 0.0, 1.0)):
-            writer.writerow([file_id, *(f"{v:.6f}" for v in row)])
-    os.replace(tmp, path)
-    return path
+    return write_csv(path, [task.submission_id, *task.emotions],
+                     ([file_id, *(f"{v:.6f}" for v in row)]
+                      for file_id, row in zip(task.submission_ids(ids), np.clip(predictions, 0.0, 1.0))))
+
+
+def write_predictions(path: str | Path, predictions: dict[str, np.ndarray], entries: Sequence[VideoEntry],
+                      emotions=EMOTIONS) -> Path:
+    """predictions.csv beside a report: per video of `entries` that has a prediction, `file_id`
+    (zeros kept), the predicted intensities as the model gave them (not clipped) and the true
+    ones (empty when unlabelled), in `prediction_columns(emotions)` order; numbers as Python's
+    repr spells them, so a float64 reader gets the exact values the report was computed from (the
+    report's Pearson r is recomputed from it in tests/prediction_utils.py). Written atomically."""
+    def cells(values) -> list[str]:
+        return [repr(float(v)) for v in values] if values is not None else [""] * len(emotions)
+    return write_csv(path, prediction_columns(emotions), ([e.file_id, *cells(predictions[e.file_id]), *cells(e.labels)]
+                                                           for e in entries if e.file_id in predictions))
 
 
 def read_submission(path: str | Path, task: Task = ERI) -> tuple[list[str], np.ndarray]:

@@ -14,7 +14,6 @@ later winners (configs/levers/: Pearson-aware and CCC losses, modality dropout, 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from eri_downstream.config import ERIConfig
+from shared.atomic import write_csv, write_text
 from shared.config import load_config, to_dict
 from shared.errors import UserError, run_cli
 
@@ -63,7 +63,7 @@ def output_dir(config: Path, overrides: list[str]) -> Path:
     for item in overrides:
         if item.startswith("run.output_dir="):
             return Path(item.split("=", 1)[1]) / config.stem
-    return Path(load_config(ERIConfig, config).run.output_dir)  # a config may inherit it from its base
+    return Path(load_config(ERIConfig, config).run.output_dir)  # through its base, if it names one
 
 
 def score(run_dir: Path) -> float | None:
@@ -81,12 +81,9 @@ def collect(configs: list[Path], overrides: list[str], out: Path) -> str:
     fmt = lambda v: "not run" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| configuration | ours | paper (dev) | changes from paper_vat |", "|---|--:|--:|---|"]
     lines += [f"| {name} | {fmt(o)} | {'' if p is None else f'{p:.4f}'} | {c} |" for name, o, p, c in rows]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    with open(out / "results.csv", "w", newline="") as f:  # changes hold commas: csv quotes them
-        writer = csv.writer(f)
-        writer.writerow(["configuration", "ours", "paper", "changes"])
-        writer.writerows([n, "" if o is None else f"{o:.6f}", "" if p is None else p, c] for n, o, p, c in rows)
+    write_text(out / "results.md", "\n".join(lines) + "\n")
+    write_csv(out / "results.csv", ["configuration", "ours", "paper", "changes"],  # changes hold commas: quoted
+              ([n, "" if o is None else f"{o:.6f}", "" if p is None else p, c] for n, o, p, c in rows))
     return "\n".join(lines)
 
 

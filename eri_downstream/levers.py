@@ -20,24 +20,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from shared.errors import UserError
-
 # each loss's name in figures and reports
 LOSS_NAMES = {"mse": "MSE", "mse+pearson": "MSE + (1 - mean Pearson r)", "ccc": "1 - mean CCC"}
 LOSSES = tuple(LOSS_NAMES)
-TEXT_FEATURES = ("text", "sentence")  # store folders the text branch can read
 EPS = 1e-8
-
-
-def check_levers(cfg) -> None:
-    """One UserError line naming a lever set to what it cannot be, before any work."""
-    if cfg.loss not in LOSSES:
-        raise UserError(f"loss={cfg.loss!r}: expected one of {', '.join(LOSSES)}")
-    if not 0 <= cfg.modality_dropout < 1:
-        raise UserError(f"modality_dropout={cfg.modality_dropout}: must be in [0, 1) (a probability; 1 would drop "
-                        "all but one modality of every sample)")
-    if cfg.data.text_features not in TEXT_FEATURES:
-        raise UserError(f"data.text_features={cfg.data.text_features!r}: expected one of {', '.join(TEXT_FEATURES)}")
 
 
 def pearson_per_column(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -87,4 +73,4 @@ def drop_modalities(batch: dict, modalities: Sequence[str], p: float, generator:
     return out
 
 
-__all__ = ["LOSSES", "LOSS_NAMES", "TEXT_FEATURES", "check_levers", "pearson_per_column", "ccc_per_column", "regression_loss", "drop_modalities"]
+__all__ = ["LOSSES", "LOSS_NAMES", "pearson_per_column", "ccc_per_column", "regression_loss", "drop_modalities"]

@@ -34,9 +34,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from shared.atomic import write_json, write_safetensors
 from shared.errors import UserError
 
 MODALITIES = ("visual", "audio", "text")
@@ -44,7 +45,7 @@ MODALITIES = ("visual", "audio", "text")
 
 @dataclass
 class ERIModelConfig:
-    modalities: Sequence[str] = ("visual", "audio", "text")  # any non-empty subset: V, A, T, V+A, V+A+T
+    modalities: tuple[str, ...] = ("visual", "audio", "text")  # any non-empty subset: V, A, T, V+A, V+A+T
     # input feature sizes: ViT-B (768), HuBERT-base last layer (768), DeBERTa-large (1024)
     visual_dim: int = 768
     audio_dim: int = 768
@@ -57,7 +58,7 @@ class ERIModelConfig:
     gru_hidden: int = 128  # per direction; the BiGRU emits 256
     gru_layers: int = 2
     # audio branch: dilated causal TCN (dilation 2**i for block i), then a transformer of width tcn_channels[-1]
-    tcn_channels: Sequence[int] = (128, 128)
+    tcn_channels: tuple[int, ...] = (128, 128)
     tcn_kernel: int = 3
     audio_layers: int = 1
     audio_heads: int = 4
@@ -329,10 +330,8 @@ def save_eri_model(model: ERIModel, folder, extra: dict | None = None) -> Path:
     clash = sorted(set(config) & set(extra or {}))
     if clash:
         raise ValueError(f"extra keys {clash} would replace the model's configuration")
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps({**config, **(extra or {})}, indent=2) + "\n")
+    write_safetensors(folder / "model.safetensors", model.state_dict(), {"format": "pt"})
+    write_json(folder / "config.json", {**config, **(extra or {})}, indent=2)
     return folder
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eri_downstream.folds import write_submission
+from eri_downstream.folds import PREDICTIONS, write_predictions, write_submission
 from eri_downstream.tasks import Task
+from shared.atomic import write_json, write_text
 from shared.errors import UserError
 from shared.metrics import constant_columns, pearson_report
 from shared.plots import bar_chart, loss_and_score, scatter_grid
@@ -46,15 +47,17 @@ def say_constant_columns(val_entries, task: Task, say: bool = True) -> None:
 
 def write_fold_outputs(out: Path, result: dict, val_pred: dict, test_pred: dict, val_entries, task: Task,
                        loss: str) -> None:
-    """report.json, per_emotion.md, the validation and test predictions in the submission format,
-    and the figures of a finished fold (or run)."""
+    """predictions.csv, report.json, per_emotion.md, the validation and test predictions in the
+    submission format, and the figures of a finished fold (or run)."""
     report = result
-    (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
+    # before report.json, which marks the fold done
+    write_predictions(out / PREDICTIONS, val_pred, val_entries, task.emotions)
+    write_json(out / "report.json", result)
     table = ["| emotion | Pearson r |", "|---|--:|"] + [f"| {k} | {v:.4f} |" for k, v in report["per_emotion"].items()]
     table.append(f"| **mean** | **{report['mean']:.4f}** |")
     if report["nan"]:  # the NaN rows stay; the selection score says what the rest give
         table.append(f"| mean over {', '.join(report['defined'])} (selection) | {report['mean_defined']:.4f} |")
-    (out / "per_emotion.md").write_text("\n".join(table) + "\n")
+    write_text(out / "per_emotion.md", "\n".join(table) + "\n")
     write_submission(out / "val_predictions.csv", list(val_pred), np.stack(list(val_pred.values())), task)
     if test_pred:  # this model's test predictions, in the submission format
         write_submission(out / "submission.csv", list(test_pred), np.stack(list(test_pred.values())), task)
@@ -99,17 +102,17 @@ def cv_summary(results: list[dict], pool, run_dir: Path, acc, task: Task) -> dic
     summary = {"folds": [r["mean"] for r in results], "out_of_fold": pooled["mean"],
                "per_emotion_out_of_fold": pooled["per_emotion"]}
     if acc.is_main_process:
+        write_predictions(run_dir / PREDICTIONS, oof, pool, task.emotions)  # each video by the fold that held it out
         lines = ["| fold | mean Pearson |", "|---|--:|"] + [f"| {i} | {m:.4f} |" for i, m in enumerate(summary["folds"])]
         lines.append(f"| out of fold (all train + val) | {pooled['mean']:.4f} |")
-        (run_dir / "cv_results.md").write_text("\n".join(lines) + "\n")
-        with open(run_dir / "cv_results.csv", "w") as f:
-            f.write("fold,mean_pearson\n" + "".join(f"{i},{m:.6f}\n" for i, m in enumerate(summary["folds"]))
-                    + f"out_of_fold,{pooled['mean']:.6f}\n")
+        write_text(run_dir / "cv_results.md", "\n".join(lines) + "\n")
+        write_text(run_dir / "cv_results.csv", "fold,mean_pearson\n" + "".join(
+            f"{i},{m:.6f}\n" for i, m in enumerate(summary["folds"])) + f"out_of_fold,{pooled['mean']:.6f}\n")
         if results and results[0]["test_predictions"]:
             ids = list(results[0]["test_predictions"])
             ensemble = np.mean([[r["test_predictions"][i] for i in ids] for r in results], axis=0)
             write_submission(run_dir / "submission.csv", ids, ensemble, task)
-        (run_dir / "cv_results.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_json(run_dir / "cv_results.json", summary)
     return summary
 
 

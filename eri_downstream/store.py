@@ -21,16 +21,14 @@ text, the sha1 of the transcript it encodes (an edited transcript makes it stale
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from shared.atomic import write_csv, write_safetensors
 from shared.tables import csv_records
 
 FEATURE_STEPS = ("visual", "audio", "text")
@@ -71,14 +69,10 @@ class FeatureStore:
         return meta is not None and all(meta.get(k) == v for k, v in expected.items())
 
     def save(self, step: str, file_id: str, features: torch.Tensor, **metadata) -> Path:
-        """float16 [T, D] with string metadata, written atomically."""
-        path = self.features(step, file_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-        save_file({"features": features.detach().to("cpu", torch.float16).contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-        return path
+        """float16 [T, D] with string metadata, written atomically and canonically (shared.atomic)."""
+        meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+        return write_safetensors(self.features(step, file_id), {"features": features.detach().to("cpu", torch.float16)},
+                                 meta)
 
     def load(self, step: str, file_id: str) -> tuple[torch.Tensor, dict[str, str]]:
         with safe_open(str(self.features(step, file_id)), framework="pt") as f:
@@ -92,12 +86,7 @@ class FeatureStore:
         return read_transcripts(self.transcripts)
 
     def write_transcripts(self, texts: dict[str, str]) -> None:
-        tmp = self.transcripts.with_name(".transcripts.csv.partial")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file_id", "text"])
-            writer.writerows(sorted(texts.items()))
-        os.replace(tmp, self.transcripts)
+        write_csv(self.transcripts, ["file_id", "text"], sorted(texts.items()))
 
     # -- failures ------------------------------------------------------------------------
     def read_failures(self, step: str) -> dict[str, str]:
@@ -108,12 +97,7 @@ class FeatureStore:
         return {row["file_id"]: row["reason"] for _, row in csv_records(path, ["file_id", "reason"], strip=False)}
 
     def write_failures(self, step: str, failures: dict[str, str]) -> Path:
-        path = self.root / f"{step}_failures.csv"
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file_id", "reason"])
-            writer.writerows(sorted(failures.items()))
-        return path
+        return write_csv(self.root / f"{step}_failures.csv", ["file_id", "reason"], sorted(failures.items()))
 
 
 def read_transcripts(path: str | Path) -> dict[str, str]:

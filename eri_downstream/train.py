@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from accelerate.utils import gather_object
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -30,7 +29,7 @@ from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate, mixup
 from eri_downstream.dataset import read_table, splits_of, table_emotions
 from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
 from eri_downstream.folds import cv_folds
-from eri_downstream.levers import LOSS_NAMES, check_levers, drop_modalities, regression_loss
+from eri_downstream.levers import LOSS_NAMES, drop_modalities, regression_loss
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
 from eri_downstream.reports import VALIDATION, _defined, cv_summary, report_for, say_constant_columns, write_fold_outputs
@@ -38,7 +37,8 @@ from eri_downstream.store import FeatureStore
 from eri_downstream.tasks import Task, get_task, task_for
 from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
-from shared.config import from_dict, load_config, parse_cli, to_dict
+from shared.atomic import write_json, write_safetensors, write_text, write_yaml
+from shared.config import from_dict, load_config, parse_cli, print_config, to_dict
 from shared.errors import UserError, run_cli
 from shared.launcher import launch
 from shared.recognise import described
@@ -211,13 +211,14 @@ def run_fold(cfg: ERIConfig, acc, store: Path, train_entries, val_entries, test_
                     step=step)
             log.info("epoch %d: validation mean Pearson %.4f%s%s", epoch, report["mean"], _defined(report),
                      " (best)" if improved else "")
-            with open(out / VALIDATION, "a") as f:  # the learning-curve figure's validation line
-                f.write(json.dumps({"epoch": epoch, "step": step, "mean": report["mean"],
-                                    "mean_defined": report["mean_defined"]}) + "\n")
+            # the learning-curve figure's validation line; rewritten whole, so a kill never leaves half a row
+            earlier = (out / VALIDATION).read_text() if (out / VALIDATION).is_file() else ""
+            write_text(out / VALIDATION, earlier + json.dumps({"epoch": epoch, "step": step, "mean": report["mean"],
+                                                               "mean_defined": report["mean_defined"]}) + "\n")
             if improved:
-                save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "best.safetensors"))
-                (out / "best_report.json").write_text(json.dumps(report, indent=1) + "\n")
-            (out / "best.json").write_text(json.dumps(best) + "\n")
+                write_safetensors(out / "best.safetensors", net.state_dict())
+                write_json(out / "best_report.json", report)
+            write_json(out / "best.json", best, indent=None)
 
     def stop(step: int) -> bool:
         return preempt(step) or best["stale"] >= cfg.patience
@@ -256,12 +257,11 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
 def main(argv=None) -> int:
     args = parse_cli(argv, __doc__)
     cfg = load_config(ERIConfig, args.config, args.overrides)
+    if args.print_config:
+        return print_config(cfg)
     if args.resume:
         cfg.run.resume = args.resume
     check_modalities(cfg.model.modalities)
-    check_levers(cfg)
-    if cfg.task:
-        get_task(cfg.task)  # an unknown task is one line before any work
     if not cfg.data.store:
         features = builtin_data.FEATURES[cfg.task or "eri"]
         base, found = builtin_data.locate(features)
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
     resolved = to_dict(cfg)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_yaml(run_dir / "config.yaml", resolved)
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
     task = store_task(store, cfg.task)
     by_split = splits_of(read_table(store / "videos.csv"), store / "videos.csv", need=() if cfg.folds else ("train", "val"))

@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 import torch
-import yaml
 from timm.utils import ModelEmaV3
 
 from finetune_affectnet.config import FinetuneConfig, resume_keys
@@ -23,7 +22,8 @@ from finetune_affectnet.evaluate import predict, save_report, write_report
 from finetune_affectnet.model import build_classifier, export_classifier, param_groups
 from finetune_affectnet.regularize import Objective
 from shared import builtin_data
-from shared.config import load_config, parse_cli, to_dict
+from shared.atomic import write_yaml
+from shared.config import load_config, parse_cli, print_config, to_dict
 from shared.errors import UserError, run_cli
 from shared.launcher import launch
 from shared.training.batching import split_global_batch
@@ -43,6 +43,8 @@ METRICS = ("top1", "balanced_accuracy", "macro_f1")
 def main(argv=None) -> int:
     args = parse_cli(argv, __doc__)
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    if args.print_config:
+        return print_config(cfg)
     if args.resume:
         cfg.run.resume = args.resume
     if cfg.eval.metric not in METRICS:
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
         best_report = json.loads((run_dir / "best" / "report.json").read_text())
         best = {"value": best_report[cfg.eval.metric], "step": best_report["step"]}
     if acc.is_main_process:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_yaml(run_dir / "config.yaml", resolved)
         StopRequest.clear_markers(run_dir)
     stop = StopRequest(acc, run_dir, check_every=cfg.run.stop_check_every)
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
@@ -127,14 +129,14 @@ def main(argv=None) -> int:
         return ema.module if ema is not None else gathered(acc, model, lambda: build()[0])
 
     def evaluate(step):
-        results = {}
+        results, predicted = {}, {}
         for name, net in (("model", model), ("ema", ema.module if ema is not None else None)):
             if net is None:
                 continue
-            y_true, y_pred = predict(acc, net, val_stream, mean, std)
+            predicted[name] = predict(acc, net, val_stream, mean, std)
             if acc.is_main_process:
                 out = run_dir / "eval" / f"step_{step:08d}" / name
-                results[name] = write_report(y_true, y_pred, class_names, out, step=step,
+                results[name] = write_report(predicted[name], class_names, out, step=step,
                                              extra={"split": cfg.data.val_split, "weights": name})
         net = trained()
         if not acc.is_main_process:
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
             best.update(value=report[cfg.eval.metric], step=step)
             export_classifier(net, info, run_dir / "best", class_names=class_names, mean=mean, std=std,
                               extra={"step": step, "metric": cfg.eval.metric, "config": resolved})
-            rgb = save_report(report, run_dir / "best",
+            rgb = save_report(report, run_dir / "best", predictions=predicted[chosen],
                               title=f"best: {cfg.eval.metric} {report[cfg.eval.metric]:.3f} at step {step}")
             log_images(acc, {"confusion_matrix": rgb}, step)
 

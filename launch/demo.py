@@ -39,7 +39,7 @@ import demo_summary as headlines  # noqa: E402  (launch/, this script's folder)
 from demo_summary import write_summary  # noqa: E402
 
 CONFIGS = {"pretrain": "pretrain_mae/configs/demo_cpu.yaml", "finetune": "finetune_affectnet/configs/demo_cpu.yaml",
-           "eri": "eri_downstream/configs/demo_cpu.yaml"}
+           "extract": "eri_downstream/configs/extract_demo_cpu.yaml", "eri": "eri_downstream/configs/demo_cpu.yaml"}
 # --quick: the same path with fewer steps, for a smoke test
 QUICK = {"pretrain": ["run.total_steps=40", "figures.every=40", "run.save_every=40"],
          "finetune": ["run.total_steps=40", "eval.every=40", "run.save_every=40"],
@@ -116,12 +116,13 @@ def main(argv=None) -> int:
                CONFIGS["finetune"], f"model.encoder={runs['pretrain'] / 'export' / 'encoder'}",
                f"run.output_dir={runs['finetune']}", *quick["finetune"],
                headline=lambda: headlines.finetune(runs["finetune"]))
-    # no --data / --store / data.store: the built-in videos, and their feature store beside them
+    # no data / store / data.store: the built-in videos, and their feature store beside them
     demo.stage("extract", "stage 3a: faces, visual, audio and text features", "eri_downstream/extract.py", "all",
-               "--encoder", str(runs["finetune"] / "best" / "encoder"), "--size", "64", "--task", args.task,
+               "--config", CONFIGS["extract"], f"encoder={runs['finetune'] / 'best' / 'encoder'}", f"task={args.task}",
                headline=lambda: headlines.store(data / builtin_data.FEATURES[args.task]))
     demo.stage("eri", f"stage 3b: {args.task.upper()} model", "eri_downstream/train.py", "--config", CONFIGS["eri"],
-               f"run.output_dir={runs['eri']}", f"task={args.task}", *quick["eri"], headline=lambda: headlines.eri(runs["eri"]))
+               f"run.output_dir={runs['eri']}", f"task={args.task}", *quick["eri"],
+               headline=lambda: headlines.eri(runs["eri"]))
     published = out / "published"
     for name in runs:
         demo.run(f"publish_{name}", f"publish {name}", [sys.executable, "-m", "shared.publish", str(runs[name]),

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from shared import builtin_data
+from shared.atomic import write_text
 from shared.plots import learning_curves
 from shared.progress import duration
 from shared.training.loop import read_metrics
@@ -144,5 +145,5 @@ def write_summary(out: Path, runs: dict[str, Path], published: Path, times: dict
     ]
     lines += [f"- `{published / name}`: {what}" for name, what in loaded_back(published).items()]
     text = "\n".join(lines) + "\n"
-    (out / "SUMMARY.md").write_text(text)
+    write_text(out / "SUMMARY.md", text)
     return text

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from shared.config_fields import one_of, ranged
 from shared.encoders import IMAGENET_MEAN, IMAGENET_STD
 from shared.training.config import OptimConfig, RunConfig
 
@@ -13,7 +14,7 @@ from shared.training.config import OptimConfig, RunConfig
 class ModelSection:
     name: str = "mae_vit_base_patch16"  # a file of pretrain_mae/model_configs/
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {img_size: 112, norm_pix_loss: false}
-    mask_ratio: float = 0.75
+    mask_ratio: float = ranged(0.75, ge=0, lt=1)  # the share of patches hidden from the encoder
     init: str | None = None  # start from: an official MAE / MAE-Face .pth, a .safetensors, a timm folder or name
     grad_checkpointing: bool = False
     # timm's LayerNorm in the autocast dtype: one kernel instead of a float32 norm + a cast (a speed
@@ -29,47 +30,51 @@ class DataSection:
     synthetic: bool = False  # smooth synthetic images instead of shards (tests, speed runs)
     # resampled: shards drawn at random by weight; exact: every planned sample once per epoch in one
     # global order (the weights say each source's share), resumable on any number of processes
-    mode: str = "resampled"
-    batch_size: int = 64  # per process and micro-batch (with global_batch: the most per micro-batch)
+    mode: str = one_of("resampled", "resampled", "exact")
+    batch_size: int = ranged(64, ge=1)  # per process and micro-batch (with global_batch: the most per micro-batch)
     # samples per optimizer step over all processes; set, it stays fixed whatever the number of
     # processes (the micro-batches per step adapt): what resuming on another shape needs
-    global_batch: int | None = None
-    lanes: int | None = None  # exact: read lanes (default: the largest divisor of the global batch up to 64)
-    batches_per_epoch: int = 1000  # resampled, per process: the stream's checkpointable unit, not a dataset epoch
-    num_workers: int = 8
-    shuffle_buffer: int = 2000
-    block_size: int = 20000
-    augment: str = "mae"  # mae: RandomResizedCrop + flip; resize: plain resize + flip (face MAE variants)
-    scale: tuple[float, float] = (0.2, 1.0)
-    interpolation: str = "bicubic"
+    global_batch: int | None = ranged(None, ge=1)
+    # exact: read lanes (default: the largest divisor of the global batch up to 64)
+    lanes: int | None = ranged(None, ge=1)
+    # resampled, per process: the stream's checkpointable unit, not a dataset epoch
+    batches_per_epoch: int = ranged(1000, ge=1)
+    num_workers: int = ranged(8, ge=0)  # loader worker processes per process (0: in the main process)
+    shuffle_buffer: int = ranged(2000, ge=1)  # samples mixed in memory
+    block_size: int = ranged(20000, ge=1)  # samples per block of the stream's shard plan
+    # mae: RandomResizedCrop + flip; resize: plain resize + flip (face MAE variants)
+    augment: str = one_of("mae", "mae", "resize")
+    scale: tuple[float, float] = ranged((0.2, 1.0), gt=0, le=1)  # RandomResizedCrop's area range
+    interpolation: str = one_of("bicubic", "bicubic", "bilinear")  # the resize's
     # Where the crops are made, the same crops and flips either way: "pixels" (the loader workers
     # decode, crop, resize, flip), "decoded" (the workers decode; the device crops, resizes, flips)
     # or "jpeg" (the device decodes too, nvJPEG: for GPU nodes short of CPU cores). "auto": the
     # measured best for the device (shared/training/device_input.py AUTO_OUTPUT: pixels).
-    input_path: str = "auto"
+    input_path: str = one_of("auto", "auto", "pixels", "decoded", "jpeg")
     device_augment: bool = False  # the same as input_path=decoded
     device_decode: bool = False  # the same as input_path=jpeg
     # prepare device batches (copy, nvJPEG decode, resize) in a thread ahead of the training loop
     prepare_in_thread: bool = False
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] = ranged(IMAGENET_MEAN, ge=0, le=1)  # per channel, of [0, 1] pixels
+    std: tuple[float, float, float] = ranged(IMAGENET_STD, gt=0)
 
 
 @dataclass
 class FigureSection:
-    every: int = 1000  # steps between reconstruction figures (0: never)
-    images: int = 4
+    every: int = ranged(1000, ge=0)  # steps between reconstruction figures (0: never)
+    images: int = ranged(4, ge=1)  # faces per figure
 
 
 @dataclass
 class PretrainConfig:
+    STAGE: ClassVar[str] = "pretrain_mae"  # what a YAML file's `stage:` says (shared/config.py STAGES)
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1.5e-4, weight_decay=0.05,
                                                                    betas=(0.9, 0.95), warmup_steps=2000))
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/pretrain_mae", total_steps=40000))
-    total_samples: int | None = None  # when set, total_steps = ceil(total_samples / samples per step)
-    stop_after: int | None = None  # end this invocation after N steps (state saved); resume continues
+    total_samples: int | None = ranged(None, ge=1)  # when set, total_steps = ceil(total_samples / samples per step)
+    stop_after: int | None = ranged(None, ge=1)  # end this invocation after N steps (state saved); resume continues
     figures: FigureSection = field(default_factory=FigureSection)
 
 

@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import torch
-import yaml
 
 from pretrain_mae.config import PretrainConfig, resume_keys
 from pretrain_mae.data import build_data
@@ -21,9 +20,10 @@ from pretrain_mae.export import export_mae
 from pretrain_mae.model import build_mae
 from pretrain_mae.visualize import reconstruction_figure
 from shared import builtin_data
+from shared.atomic import write_yaml
 from shared.checkpoints import load_into, load_state_dict_file
 from shared.encoders import load_encoder, spec_kind, stored_pool
-from shared.config import load_config, parse_cli, to_dict
+from shared.config import load_config, parse_cli, print_config, to_dict
 from shared.errors import run_cli
 from shared.launcher import launch
 from shared.stream.reading import derive_seed
@@ -76,6 +76,8 @@ def initial_weights(spec: str) -> dict[str, torch.Tensor]:
 def main(argv=None) -> int:
     args = parse_cli(argv, __doc__)
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    if args.print_config:
+        return print_config(cfg)
     if args.resume:
         cfg.run.resume = args.resume
     acc = make_accelerator(cfg.run)
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
     resolved = to_dict(cfg)
     start_step, _ = checkpointer.restore(cfg.run.resume, data, resolved, resume_keys(cfg))
     if acc.is_main_process:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_yaml(run_dir / "config.yaml", resolved)
         StopRequest.clear_markers(run_dir)
     stop = StopRequest(acc, run_dir, check_every=cfg.run.stop_check_every)
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)

@@ -8,7 +8,6 @@ exception). `--debug` adds the traceback.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -18,6 +17,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Callable
+
+from shared.atomic import write_json
 
 # set by shared.launcher for the processes it starts: the command's name for their lines, and
 # a folder where a failed process notes its line, status and time (the launcher reports the
@@ -99,8 +100,8 @@ def _note_failure(line: str, status: int) -> None:
     rank = int(os.environ.get("RANK", "0"))
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        Path(folder, f"rank_{rank}.json").write_text(json.dumps({"rank": rank, "status": status, "line": line,
-                                                                 "time": time.time()}))
+        write_json(Path(folder, f"rank_{rank}.json"), {"rank": rank, "status": status, "line": line,
+                                                      "time": time.time()}, fsync=False)
     except OSError:  # a full disk: the launcher falls back on the exit statuses
         pass
 

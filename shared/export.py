@@ -12,13 +12,13 @@ Nothing here knows about a stage's model classes (shared/ never imports a stage 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from shared.atomic import files_into, write_safetensors
 from shared.errors import UserError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".npz", ".h5")
@@ -58,7 +58,8 @@ def save_timm_folder(encoder: torch.nn.Module, out_dir, *, architecture: str, mo
     previous = getattr(encoder, "pretrained_cfg", None)
     encoder.pretrained_cfg = cfg  # what save_for_hf writes from (every timm >= 1.0.16); restored below
     try:
-        save_for_hf(encoder, str(out_dir), model_args=dict(model_args), safe_serialization=True)
+        with files_into(out_dir) as staging:  # each file appears whole or not at all
+            save_for_hf(encoder, str(staging), model_args=dict(model_args), safe_serialization=True)
     finally:
         if previous is None:
             del encoder.pretrained_cfg
@@ -71,16 +72,12 @@ def save_timm_folder(encoder: torch.nn.Module, out_dir, *, architecture: str, mo
 
 def save_safetensors(model: torch.nn.Module, path, metadata: dict) -> Path:
     """All of `model`'s state (buffers included) to one file; metadata values become strings
-    (non-strings as JSON). Written to a temporary name first, so no reader sees half a file."""
+    (non-strings as JSON, keys sorted). Written atomically and canonically (shared.atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "pt"}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()})
+    return write_safetensors(path, model.state_dict(), meta)
 
 
 def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

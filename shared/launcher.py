@@ -32,9 +32,9 @@ from typing import Callable
 
 from shared.errors import FAILURES_ENV, PROG_ENV, UserError, one_line, run_cli
 
-# launcher options the stages leave alone: --debug and --help belong to the stage, the rest
+# launcher options the stages leave alone: --debug, --help and --print-config belong to the stage, the rest
 # are set here (the stage is a module) or not supported by this suite
-STAGE_OWNS = {"--debug", "-h", "--help"}
+STAGE_OWNS = {"--debug", "-h", "--help", "--print-config"}
 UNSUPPORTED = {"use_deepspeed": "--use_deepspeed", "tpu": "--tpu", "no_python": "--no_python",
                "mpirun_hostfile": "--mpirun_hostfile"}
 HELP = ("{prog}: the options of `accelerate launch` may come before the stage's arguments (--num_processes N, "
@@ -54,7 +54,7 @@ def launch(main: Callable, module: str, prog: str, argv: list[str] | None = None
         return err.exit_code
     if "-h" in stage_args or "--help" in stage_args:
         print(HELP.format(prog=prog) + "\n")
-    if several(args):
+    if several(args) and "--print-config" not in stage_args:  # printed once, by this process
         return several_processes(args, prog)
     return in_process(main, args, prog, stage_args)
 

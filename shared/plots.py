@@ -2,6 +2,7 @@
 the rendered RGB array (for trackers)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from shared.atomic import write_bytes  # noqa: E402
 
 
 def image_grid(rows: list[list[np.ndarray]], column_titles: list[str], path: str | Path,
@@ -35,8 +38,10 @@ def _save(fig, path: str | Path) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.canvas.draw()
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=100, format="png")
     plt.close(fig)
+    write_bytes(path, png.getvalue())
     return rgb
 
 

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -36,14 +34,3 @@ def code_version() -> dict[str, str]:
         pass
     return info
 
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON so that a reader never sees a half-written file, even after a kill."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -76,6 +76,7 @@ def own_signal_handlers():
 
 def tiny_pretrain(out: Path, steps: int) -> list[str]:
     return ["model.name=mae_vit_test", "data.synthetic=true", "data.batch_size=2", "optim.lr=1e-3",
+            "optim.warmup_steps=0",
             f"run.total_steps={steps}", "run.save_every=2", "run.log_every=1", "run.mixed_precision=no",
             "run.trackers=[]", "figures.every=0", f"run.output_dir={out}"]
 

@@ -14,6 +14,7 @@ import torch
 from eri_downstream.dataset import EMOTIONS, VideoEntry, write_table
 from eri_downstream.folds import read_submission
 from eri_downstream.store import FeatureStore
+from prediction_utils import check_pearson
 from run_utils import ROOT, metrics, run_stage, start_stage, wait_for_steps
 from test_slurm import slurm_env
 
@@ -47,7 +48,8 @@ def store(tmp_path_factory):
 def tiny(store, out, *extra):
     overrides = "{visual_dim: 16, audio_dim: 8, text_dim: 8}"
     return [f"data.store={store}", f"run.output_dir={out}", f"model.overrides={overrides}", "data.k=8",
-            "data.batch_size=8", "data.num_workers=0", "optim.lr=3e-3", "epochs=15", "restart_epochs=5",
+            "data.batch_size=8", "data.num_workers=0", "optim.lr=3e-3", "optim.min_lr=0", "optim.weight_decay=0.05",
+            "optim.betas=[0.9, 0.95]", "epochs=15", "restart_epochs=5",
             "patience=15", "ema_decay=0.9", "run.mixed_precision=no", "run.trackers=[]", "run.log_every=1",
             *extra]
 
@@ -58,6 +60,7 @@ def test_learns_reports_plots_and_writes_a_submission(store, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["videos"] == 16 and set(report["per_emotion"]) == set(EMOTIONS)
     assert report["mean"] > 0.5, report
+    assert check_pearson(out) == report["mean"]  # recomputed from predictions.csv
     assert f"| **mean** | **{report['mean']:.4f}** |" in (out / "per_emotion.md").read_text()
     for png in ("per_emotion_pearson.png", "predicted_vs_true.png", "learning_curves.png"):
         assert (out / png).stat().st_size > 5000
@@ -83,6 +86,8 @@ def test_cross_validation_ensembles_the_folds(store, tmp_path):
     assert np.allclose(ensemble, expected, atol=1e-6)
     held_out = [set(json.loads((out / f"fold_{i}" / "report.json").read_text())["val_predictions"]) for i in range(3)]
     assert sum(map(len, held_out)) == 56 and set.union(*held_out) == {f"{i:05d}" for i in range(56)}
+    assert [check_pearson(out / f"fold_{i}") for i in range(3)] == summary["folds"]  # each fold's predictions.csv
+    assert check_pearson(out, "cv_results.json", "out_of_fold") == summary["out_of_fold"]  # all 56, out of fold
 
 
 def test_folds_run_as_separate_jobs_then_one_run_collects_them(store, tmp_path):

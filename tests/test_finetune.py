@@ -8,6 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
+from prediction_utils import check_classification, read_rows
 from run_utils import metrics, run_stage
 from shard_utils import read_samples
 
@@ -18,7 +19,7 @@ def tiny(out, encoder, shards, *extra):
     return [f"model.encoder={encoder}", f"data.shards={shards}", "model.hidden_dim=32", "model.drop_path=0.0",
             "data.batch_size=16", "data.eval_batch_size=8", "data.num_workers=1", "data.shuffle_buffer=32",
             "data.auto_augment=null", "data.reprob=0.0", "data.mixup=0.0", "data.cutmix=0.0",
-            "data.scale=[0.5, 1.0]", "optim.lr=3e-3", "optim.warmup_steps=5", "layer_decay=1.0",
+            "data.scale=[0.5, 1.0]", "optim.lr=3e-3", "optim.warmup_steps=5", "optim.betas=[0.9, 0.95]", "layer_decay=1.0",
             "ema_decay=null", "run.mixed_precision=no", "run.trackers=[]", "run.log_every=1",
             f"run.output_dir={out}", *extra]
 
@@ -42,6 +43,8 @@ def test_learns_above_chance_and_reports_what_sklearn_computes(tiny_encoder, exp
     assert (out / "eval" / "step_00000060" / "model" / "confusion_matrix.png").stat().st_size > 10_000
     best = json.loads((out / "best" / "report.json").read_text())
     assert best["balanced_accuracy"] >= final["balanced_accuracy"]
+    for folder in (out / "eval" / "step_00000030" / "model", out / "eval" / "step_00000060" / "model", out / "best"):
+        assert check_classification(folder)["step"] in (30, 60)  # each report, from its predictions.csv
     assert set(metrics(out)) == set(range(1, 61))
 
     # the exported classifier, run on independently read faces, gives the reported numbers
@@ -77,9 +80,13 @@ def test_two_processes_evaluate_every_face_once(tiny_encoder, expression_shards,
     state = out / "checkpoints" / "step_00000003"
     ranks = [json.loads((state / f"rank_{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # identical parameters on every rank
+    val_keys = sorted(k for k, s in read_samples(expression_shards).items()
+                      if s["meta"]["split"] == "val" and s["cls"] in range(8))
     for weights in ("model", "ema"):
-        report = json.loads((out / "eval" / "step_00000003" / weights / "report.json").read_text())
+        report = check_classification(out / "eval" / "step_00000003" / weights)  # gathered keys line up with the rows
         assert report["samples"] == 40 and sum(map(sum, report["confusion_matrix"])) == 40
+        _, rows = read_rows(out / "eval" / "step_00000003" / weights / "predictions.csv")
+        assert sorted(r["key"] for r in rows) == val_keys  # every validation face once, by its own key, from both ranks
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_encoder, expression_shards, tmp_path):
@@ -145,5 +152,5 @@ def test_linear_probe_leaves_the_encoder_untouched(tiny_encoder, expression_shar
     before = load_file(tiny_encoder / "model.safetensors")
     after = load_file(out / "export" / "encoder" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
-    report = json.loads((out / "eval" / "step_00000030" / "model" / "report.json").read_text())
+    report = check_classification(out / "eval" / "step_00000030" / "model")  # recomputed from predictions.csv
     assert report["samples"] == 40 and report["top1"] > 0.25  # a linear read-out of random features

@@ -161,8 +161,7 @@ def test_a_modality_that_does_not_exist_is_named_not_sent_to_a_step_that_does_no
     from eri_downstream.train import main
     with pytest.raises(UserError) as err:
         main(["model.modalities=[video,audio]", f"data.store={tmp_path}", f"run.output_dir={tmp_path / 'run'}"])
-    assert str(err.value) == ("model.modalities=['video', 'audio']: expected a non-empty subset of visual, audio, "
-                              "text without repeats (not modalities: video)")
+    assert str(err.value) == "model.modalities=[video, audio]: each item must be one of visual, audio, text (not video)"
 
 
 def run_folder(root: Path, *exports: str, states: bool = True) -> Path:

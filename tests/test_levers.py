@@ -126,9 +126,10 @@ def test_the_grid_compares_the_paper_recipe_with_each_lever(store, tmp_path):  #
     assert "| modality_dropout |" in proc.stdout
 
 
-@pytest.mark.parametrize("override, said", [("loss=huber", "loss='huber': expected one of mse, mse+pearson, ccc"),
+@pytest.mark.parametrize("override, said", [("loss=huber", "loss=huber: must be one of mse, mse+pearson, ccc"),
                                             ("modality_dropout=1.0", "modality_dropout=1.0: must be in [0, 1)"),
-                                            ("data.text_features=words", "data.text_features='words': expected one of")])
+                                            ("data.text_features=words", "data.text_features=words: must be one of "
+                                                                         "text, sentence")])
 def test_a_lever_set_to_what_it_cannot_be_is_one_line(override, said, tmp_path):
     from eri_downstream.train import main
     from shared.errors import UserError

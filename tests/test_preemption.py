@@ -66,7 +66,8 @@ def test_stop_file_stops_every_rank_at_the_same_step(tmp_path):
 def test_finetuning_stops_and_resumes_too(tiny_encoder, expression_shards, tmp_path):
     args = [f"model.encoder={tiny_encoder}", f"data.shards={expression_shards}", "model.hidden_dim=16",
             "data.batch_size=8", "data.eval_batch_size=8", "data.num_workers=0", "data.auto_augment=null",
-            "data.mixup=0.0", "data.cutmix=0.0", "data.reprob=0.0", "optim.lr=1e-3", "run.total_steps=40",
+            "data.mixup=0.0", "data.cutmix=0.0", "data.reprob=0.0", "optim.lr=1e-3", "optim.warmup_steps=0",
+            "optim.betas=[0.9, 0.95]", "run.total_steps=40",
             "run.save_every=1000", "run.log_every=1", "run.stop_check_every=1", "eval.every=0",
             "ema_decay=0.9", "run.mixed_precision=no", "run.trackers=[]"]
     run_stage(FINETUNE, *args, f"run.output_dir={tmp_path / 'whole'}")
@@ -128,7 +129,8 @@ def test_finetuning_stopped_on_two_processes_resumes_on_one(tiny_encoder, expres
     args = [f"model.encoder={tiny_encoder}", f"data.shards={expression_shards}", "model.hidden_dim=16",
             "model.drop_path=0.2", "model.dropout=0.1", "data.global_batch=8", "data.batch_size=4",
             "data.eval_batch_size=8", "data.balance=none", "data.auto_augment=null", "data.reprob=0.5",
-            "data.mixup=0.8", "data.cutmix=1.0", "optim.lr=1e-3", "optim.grad_clip=1.0", "run.total_steps=30",
+            "data.mixup=0.8", "data.cutmix=1.0", "optim.lr=1e-3", "optim.warmup_steps=0", "optim.betas=[0.9, 0.95]",
+            "optim.grad_clip=1.0", "run.total_steps=30",
             "run.save_every=1000", "run.log_every=1", "run.stop_check_every=1", "eval.every=0", "ema_decay=0.9",
             "run.mixed_precision=no", "run.trackers=[]"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"

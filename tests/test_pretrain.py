@@ -30,7 +30,10 @@ def test_loss_falls_and_the_run_exports_and_draws(shards, tmp_path):
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses
     row = metrics(out)[40]
-    assert {"loss", "lr", "grad_norm", "images_per_s", "data_wait_fraction"} <= set(row)
+    assert {"loss", "lr", "grad_norm"} <= set(row) and "images_per_s" not in row  # the clock's figures: timing.jsonl
+    timing = [json.loads(line) for line in (out / "timing.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in timing] == list(range(1, 41))
+    assert all(r["images_per_s"] > 0 and 0 <= r["data_wait_fraction"] <= 1 for r in timing)
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == ["reconstruction_00000020.png",
                                                                         "reconstruction_00000040.png"]
     assert list((out / "affect-lineage").rglob("events.out.tfevents.*"))

@@ -163,8 +163,8 @@ def test_stage3b_refuses_gradient_accumulation_in_one_line(store, tmp_path):  # 
 
 @pytest.mark.parametrize("override, message", [
     ("run.mixed_precision=fp16", "run.mixed_precision=fp16 needs a GPU"),
-    ("run.mixed_precision=fp32", "run.mixed_precision='fp32'; expected one of auto, no, bf16, fp16"),
-    ("run.compile_mode=fastest", "run.compile_mode='fastest'; expected one of default, reduce-overhead"),
+    ("run.mixed_precision=fp32", "run.mixed_precision=fp32: must be one of auto, 'no', bf16, fp16"),  # at load
+    ("run.compile_mode=fastest", "run.compile_mode=fastest: must be one of null, default, reduce-overhead"),
 ])
 def test_impossible_precision_and_compile_settings_are_one_line(override, message):
     proc = run_stage("pretrain_mae/main.py", "data.synthetic=true", "run.trackers=[]", override, check=False)

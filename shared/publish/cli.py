@@ -16,6 +16,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from shared.atomic import seal_folder
 from shared.errors import UserError, run_cli
 from shared.publish.licences import DEFAULT_LICENSE
 from shared.publish.runs import STAGES, Run, open_run
@@ -75,7 +76,7 @@ def write_folder(run: Run, out: Path, *, repo_id: str | None = None, license: st
         raise
     if out.exists():
         shutil.rmtree(out)
-    staging.rename(out)
+    seal_folder(staging, out)  # its files on disk before the rename
     return out
 
 

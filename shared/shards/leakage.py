@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import manifest as mf
 from ..errors import UserError
 from ..pixels import open_rgb
-from ..provenance import write_json_atomic
+from ..atomic import write_json, write_text
 from ..tables import text_lines
 
 
@@ -106,8 +106,8 @@ def write_exclusions(path: Path, keys: list[str], report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# sample keys the stream skips: near-duplicates of held-out faces",
              f"# details: {path.with_suffix('.json').name}"] + keys
-    path.write_text("\n".join(lines) + "\n")
-    write_json_atomic(path.with_suffix(".json"), report)
+    write_text(path, "\n".join(lines) + "\n")
+    write_json(path.with_suffix(".json"), report)
 
 
 def read_exclusions(path: str | os.PathLike) -> set[str]:

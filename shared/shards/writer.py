@@ -29,7 +29,8 @@ from .crop import crop_face
 from .items import Item, Reject, Scan
 from ..errors import UserError
 from ..pixels import UnsupportedPixels
-from ..provenance import code_version, sha256_file, write_json_atomic
+from ..atomic import atomic_open, write_json, write_text
+from ..provenance import code_version, sha256_file
 
 
 # a sample whose meta has "<label>_missing" (the reason) has that label stored as None: counted
@@ -118,11 +119,11 @@ def build_shards(scan: Scan, out: Path, settings: ShardSettings = ShardSettings(
             rejected += len(entries[shard.name]["rejects"])
             bar.set_postfix(rejected=rejected)
             _fill(manifest, planned, entries, scan, complete=False)
-            write_json_atomic(out / mf.NAME, manifest)
+            write_json(out / mf.NAME, manifest)
     bar.close()
     _fill(manifest, planned, entries, scan, complete=True)
     _write_rejects_csv(out / manifest["rejects"]["file"], scan.rejects, entries)
-    write_json_atomic(out / mf.NAME, manifest)
+    write_json(out / mf.NAME, manifest)
     return manifest
 
 
@@ -161,9 +162,8 @@ def _read_image_bytes(item: Item) -> tuple[bytes, dict]:
 
 
 def _write_shard(out: Path, shard: _Planned, results, bar) -> dict:
-    partial_path = out / f".{shard.name}.partial"
     rejects, samples, classes, missing = [], 0, Counter(), Counter()
-    with open(partial_path, "wb") as f:
+    with atomic_open(out / shard.name, "wb") as f:
         with wds.TarWriter(f, encoder=False, mtime=0) as tar:
             for item, sample, reject in results:
                 if reject is not None:
@@ -175,9 +175,6 @@ def _write_shard(out: Path, shard: _Planned, results, bar) -> dict:
                         classes[int(sample["cls"])] += 1
                     missing.update(k.removesuffix(MISSING) for k in item.meta if k.endswith(MISSING))
                 bar.update(1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial_path, out / shard.name)
     entry = {"name": shard.name, "samples": samples, "bytes": (out / shard.name).stat().st_size,
              "sha256": sha256_file(out / shard.name), "plan": shard.digest, "rejects": rejects}
     if classes:  # lets an exact stream plan a class subset (7 of 8 expressions) without reading
@@ -251,7 +248,7 @@ def _write_rejects_csv(path: Path, parse_rejects: list[Reject], entries: dict[st
     writer = csv.DictWriter(buf, fieldnames=["path", "split", "reason", "detail"])
     writer.writeheader()
     writer.writerows(rows)
-    path.write_text(buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 class _SerialPool:

@@ -24,8 +24,9 @@ import torch
 import yaml
 from safetensors import safe_open
 
+from ..atomic import seal_folder, write_json, write_yaml
 from ..errors import RunError, UserError, one_line
-from ..provenance import code_version, write_json_atomic
+from ..provenance import code_version
 from ..recognise import described, recognise
 
 META = "meta.json"
@@ -51,18 +52,16 @@ class Checkpointer:
     def _write_parts(self, tmp: Path, step: int, rank_state: dict[str, Any]) -> None:
         """Every process: what accelerate saves (model, optimizer, RNG) and its own position."""
         self.acc.save_state(str(tmp), safe_serialization=True)
-        write_json_atomic(tmp / f"rank_{self.acc.process_index}.json", {"step": step, **rank_state})
+        write_json(tmp / f"rank_{self.acc.process_index}.json", {"step": step, **rank_state})
 
     def _seal(self, tmp: Path, final: Path, step: int, config: dict[str, Any]) -> None:
         """Main process, once every part is written: config, meta.json last, then the rename."""
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        write_json_atomic(tmp / META, {"step": step, "world_size": self.acc.num_processes,
+        write_yaml(tmp / "config.yaml", config)
+        write_json(tmp / META, {"step": step, "world_size": self.acc.num_processes,
                                        "created_by": code_version()})
-        _fsync_tree(tmp)  # the rename must not reach the disk before the files do
         if final.exists():  # the same step saved again (a stop right after a resume)
             self._discard(final)
-        os.replace(tmp, final)
-        _fsync(self.dir)
+        seal_folder(tmp, final)  # every file on disk first, then the rename, then the folder's entry
         self._prune()
 
     def _together(self, step: int, tmp: Path, write: Callable[[], None]) -> None:
@@ -237,25 +236,9 @@ def _plain(value: Any) -> Any:
     return yaml.safe_load(yaml.safe_dump(value))
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fresh_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            _fsync(path)
-    _fsync(folder)
 
 
 def _free_space(folder: Path) -> str:

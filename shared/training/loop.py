@@ -32,6 +32,7 @@ from .meter import Throughput
 from .schedule import set_lr
 
 log = logging.getLogger(__name__)
+TIMING = "timing.jsonl"  # beside the metrics file: throughput and memory per log step (a log, not an artifact)
 
 
 @dataclass
@@ -117,7 +118,12 @@ def train(acc, model, optimizer, data, loss_fn: Callable[[Any, dict, int], tuple
     (step * grad_accum + micro), which is what per-micro-batch randomness should be seeded by.
     `stop(step)` returning True (see preemption.StopRequest) saves the state and ends early.
     Non-finite steps are skipped; `max_nonfinite_steps` in a row raise a RunError (see
-    NonFiniteGuard); a skipped step still consumes its batches and advances the schedule."""
+    NonFiniteGuard); a skipped step still consumes its batches and advances the schedule.
+
+    `metrics_file` (JSON lines) gets, per log step, what the run computed (loss, lr, grad_norm,
+    non-finite and unreadable counts): the same bytes for the same run. What the clock and the
+    device measure (images_per_s, data_wait_fraction, peak_memory_gib) goes to TIMING beside
+    it, the run's timing log; trackers get both."""
     model.train()
     end = total_steps if stop_after is None else min(total_steps, start_step + stop_after)
     batches = forever(data)
@@ -157,13 +163,15 @@ def train(acc, model, optimizer, data, loss_fn: Callable[[Any, dict, int], tuple
 
             if step % log_every == 0 or step == end:
                 means = {k: acc.reduce(v / logged_steps, reduction="mean").item() for k, v in running.items()}
-                means.update(meter.read(), lr=lr, **health(acc, guard, data))
-                acc.log(means, step=step)
+                means.update(lr=lr, **health(acc, guard, data))
+                timing = {**meter.read(), **peak_memory(acc)}
+                acc.log({**means, **timing}, step=step)
                 if metrics_file is not None and acc.is_main_process:
-                    with open(metrics_file, "a") as f:
-                        f.write(json.dumps({"step": step, **means}) + "\n")
+                    for path, row in ((Path(metrics_file), means), (Path(metrics_file).with_name(TIMING), timing)):
+                        with open(path, "a") as f:
+                            f.write(json.dumps({"step": step, **row}) + "\n")
                 bar.set_postfix(loss=f"{means.get('loss', math.nan):.4f}", lr=f"{lr:.2e}",
-                                img_s=f"{means['images_per_s']:.0f}")
+                                img_s=f"{timing['images_per_s']:.0f}")
                 running, logged_steps = {}, 0
             for hook in hooks:
                 if step % hook.every == 0:
@@ -184,17 +192,21 @@ def train(acc, model, optimizer, data, loss_fn: Callable[[Any, dict, int], tuple
 
 
 def health(acc, guard: NonFiniteGuard, data) -> dict[str, float]:
-    """Per log line: steps skipped as non-finite since the last one, the peak GPU memory (GiB)
-    on CUDA and, for data that counts them, the unreadable samples skipped so far (summed over
-    ranks)."""
+    """Per log line: steps skipped as non-finite since the last one and, for data that counts
+    them, the unreadable samples skipped so far (summed over ranks)."""
     out = {"nonfinite_steps": float(guard.skipped)}
     guard.skipped = 0
-    if acc.device.type == "cuda":  # this process's high-water mark since the run started
-        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
     if hasattr(data, "errors"):
         errors = torch.tensor([float(data.errors)], device=acc.device)
         out["skipped_samples"] = (acc.reduce(errors, reduction="sum") if acc.num_processes > 1 else errors).item()
     return out
+
+
+def peak_memory(acc) -> dict[str, float]:
+    """{"peak_memory_gib": this process's high-water mark since the run started} on CUDA, else {}."""
+    if acc.device.type == "cuda":
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated(acc.device) / 2**30}
+    return {}
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_text
+
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: try again later
 STOP_FILE = "STOP"
 REQUEUE_FILE = "REQUEUE"
@@ -53,7 +55,7 @@ class StopRequest:
         """After the state is saved: clear the stop file, leave the requeue marker."""
         if self.acc.is_main_process and self.stopped_at is not None:
             (self.run_dir / STOP_FILE).unlink(missing_ok=True)
-            (self.run_dir / REQUEUE_FILE).write_text(f"{self.stopped_at}\n")
+            write_text(self.run_dir / REQUEUE_FILE, f"{self.stopped_at}\n")
             why = signal.Signals(self.received).name if self.received else STOP_FILE
             log.warning("stop requested (%s): state saved at step %d; resume with --resume auto",
                         why, self.stopped_at)

@@ -46,8 +46,11 @@ def launch(script: str, *args: str, config_file: str | None = None, timeout: int
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    from shared.training.loop import read_metrics
-    return read_metrics(run_dir / "metrics.jsonl")
+    """Per logged step, what the run computed (metrics.jsonl) and what the clock and device
+    measured (timing.jsonl: images_per_s, peak_memory_gib) in one row."""
+    from shared.training.loop import TIMING, read_metrics
+    timing = {row["step"]: row for row in read_metrics(run_dir / TIMING)}
+    return [{**timing.get(row["step"], {}), **row} for row in read_metrics(run_dir / "metrics.jsonl")]
 
 
 def record(test: str, **figures) -> None:
