@@ -23,6 +23,7 @@ from accelerate import PartialState
 from eri_downstream.dataset import load_dataset, summary, update_table
 from eri_downstream.steps import STEPS, run_step
 from eri_downstream.store import FeatureStore
+from eri_downstream.store_record import write_record
 from shared import builtin_data
 from shared.errors import UserError, run_cli
 from shared.launcher import launch
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
     steps = list(STEPS) if args.step == "all" else [] if args.step == "table" else [args.step]
     for step in steps:
         run_step(step, entries, store, args, state)
+    if state.is_main_process:
+        write_record(args, store)
     return 0
 
 

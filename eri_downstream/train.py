@@ -33,6 +33,7 @@ from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
 from eri_downstream.folds import cv_folds, write_submission
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
+from eri_downstream.record import export_model, write_record
 from eri_downstream.store import FeatureStore
 from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
@@ -256,6 +257,7 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
               "test_predictions": {k: v.tolist() for k, v in test_pred.items()}}
     if acc.is_main_process:
         (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
+        export_model(net, out, cfg, Path(cfg.run.output_dir))  # the published form of these weights
         table = ["| emotion | Pearson r |", "|---|--:|"] + [f"| {k} | {v:.4f} |" for k, v in report["per_emotion"].items()]
         table.append(f"| **mean** | **{report['mean']:.4f}** |")
         if report["nan"]:  # the NaN rows stay; the selection score says what the rest give
@@ -347,6 +349,7 @@ def main(argv=None) -> int:
             return EXIT_REQUEUE
         summary = {"mean_pearson": result["mean"]}
     if acc.is_main_process:
+        write_record(cfg, resolved, run_dir)
         log.info("done: %s", json.dumps(summary))
     acc.end_training()
     return 0
