@@ -92,9 +92,9 @@ def build_card(run: Run, folder: Path, *, repo_id: str | None, license: str, bas
 def _synthetic_note(run: Run, lineage) -> str:
     runs = [(run.root, run.record)] + list(lineage)
     which = [f"`{root.name}` ({title(record)})" for root, record in runs if synthetic(root, record)]
-    return f"The run{'s' if len(which) > 1 else ''} {', '.join(which)} used the built-in synthetic data " \
-           "(drawn faces and generated reaction videos in the public datasets' layouts, shared/builtin_data.py)" \
-           " or generated images."
+    return f"The run{'s' if len(which) > 1 else ''} {', '.join(which)} used synthetic data: the built-in " \
+           "drawn faces and generated reaction videos (in the public datasets' layouts, shared/builtin_data.py), " \
+           "or images generated in the stream (data.synthetic=true)."
 
 
 def evaluation_data(run: Run) -> Data:
@@ -250,7 +250,7 @@ def _data_section(run: Run, lineage) -> str:
         names = ", ".join(d.name for d in datasets(root, record))
         if synthetic(root, record):
             names = ", ".join(filter(None, [names, SYNTHETIC]))
-        text += f"\n\nEarlier in the lineage, `{root.name}` ({title(record)}) trained on: {names or 'no data on record'}."
+        text += f"\n\nEarlier in the lineage, `{root.name}` ({title(record)}) used: {names or 'no data on record'}."
     return text + "\n\nSample counts are those the runs recorded in their run.json (from the shard manifests and " \
                   "the feature store); `-` where they were not recorded."
 

@@ -1,8 +1,10 @@
 """affect-publish on real tiny runs of every stage, one lineage: a stage-1 MAE pretrained on
-converted shards, stage 2 fine-tuned from its export, stage 3b trained on a feature store whose
-visual features name that stage-2 encoder. Each published folder is loaded back offline and
-compared with the run's own weights; the cards carry the runs' exact numbers and licence; the
-upload goes to a stand-in HfApi."""
+converted shards, stage 2 fine-tuned from its export, stage 3b trained on a feature store (with
+stage 3a's run.json) whose visual features name that stage-2 encoder. The publisher reads only
+each run's run.json and the files it declares. Each published folder is loaded back offline and
+compared with the run's own weights; the cards carry the runs' exact numbers, their data as the
+records name it, and the licence; no published file names a folder of this machine; the upload
+goes to a stand-in HfApi."""
 from __future__ import annotations
 
 import argparse
@@ -325,7 +327,7 @@ def one_line(proc, status: int, *words: str) -> None:
     assert all(w in lines[0] for w in words), lines[0]
 
 
-def test_errors_are_one_line_with_the_fix(pretrain_run, eri_run, tmp_path, capsys):
+def test_errors_are_one_line_with_the_fix(pretrain_run, store, eri_run, tmp_path, capsys):
     one_line(command(tmp_path / "missing", "--out", tmp_path / "o"), 2, "no such folder")
     (tmp_path / "plain").mkdir()
     one_line(command(tmp_path / "plain", "--out", tmp_path / "o"), 2, "no run.json", "--resume auto")
@@ -341,6 +343,7 @@ def test_errors_are_one_line_with_the_fix(pretrain_run, eri_run, tmp_path, capsy
     one_line(command(pretrain_run, "--out", tmp_path / "o", "--private"), 2, "--private", "add --repo-id")
     one_line(command(pretrain_run, "--out", tmp_path / "o", "--weights", "best"), 2, "has the weights final")
     one_line(command(eri_run, "--out", tmp_path / "o", "--fold", "1"), 2, "--fold 1", "has the weights best")
+    one_line(command(store, "--out", tmp_path / "o"), 2, "stage 3a", "publishes no weights", "stage-3b run")
 
     # a declared file gone: the record and the folder disagree
     gone = tmp_path / "gone"
