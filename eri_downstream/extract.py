@@ -32,6 +32,7 @@ from eri_downstream.config import ExtractConfig
 from eri_downstream.dataset import load_dataset, summary, update_table
 from eri_downstream.steps import STEPS, run_step
 from eri_downstream.store import FeatureStore
+from eri_downstream.store_record import write_record
 from shared import builtin_data
 from shared.config import add_config_arguments, load_config, print_config, to_dict
 from shared.config_fields import field_docs
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
     state.wait_for_everyone()
     for name in steps:
         run_step(name, entries, store, cfg, state)
+    if state.is_main_process:
+        write_record(cfg, store)
     return 0
 
 

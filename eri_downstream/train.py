@@ -32,6 +32,7 @@ from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
 from eri_downstream.folds import PREDICTIONS, cv_folds, write_predictions, write_submission
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
+from eri_downstream.record import export_model, write_record
 from eri_downstream.store import FeatureStore
 from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
@@ -258,6 +259,7 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
     if acc.is_main_process:
         write_predictions(out / PREDICTIONS, val_pred, val_entries)  # before report.json: it marks the fold done
         write_json(out / "report.json", result)
+        export_model(net, out, cfg, Path(cfg.run.output_dir))  # the published form of these weights
         table = ["| emotion | Pearson r |", "|---|--:|"] + [f"| {k} | {v:.4f} |" for k, v in report["per_emotion"].items()]
         table.append(f"| **mean** | **{report['mean']:.4f}** |")
         if report["nan"]:  # the NaN rows stay; the selection score says what the rest give
@@ -351,6 +353,7 @@ def main(argv=None) -> int:
             return EXIT_REQUEUE
         summary = {"mean_pearson": result["mean"]}
     if acc.is_main_process:
+        write_record(cfg, resolved, run_dir)
         log.info("done: %s", json.dumps(summary))
     acc.end_training()
     return 0
