@@ -7,7 +7,6 @@ records name it, and the licence; no published file names a folder of this machi
 goes to a stand-in HfApi."""
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+from eri_downstream.config import ExtractConfig
 from eri_downstream.dataset import EMOTIONS, VideoEntry, write_table
 from eri_downstream.store import FeatureStore
 from eri_downstream.store_record import write_record as write_store_record
@@ -92,7 +92,7 @@ def store(finetune_run):
     raw = root.parent / "hume"
     raw.mkdir()
     (raw / "data_info.csv").write_text("File_ID,Split\n")
-    write_store_record(argparse.Namespace(step="all", data=str(raw), store=str(root)), fs)
+    write_store_record(ExtractConfig(data=str(raw), store=str(root)), fs)
     return root
 
 
