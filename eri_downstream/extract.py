@@ -34,6 +34,7 @@ from eri_downstream.config import ExtractConfig
 from eri_downstream.dataset import dataset_task, load_dataset, summary, update_table
 from eri_downstream.steps import EXTRA_STEPS, STEPS, run_step
 from eri_downstream.store import FeatureStore
+from eri_downstream.store_record import write_record
 from shared import builtin_data
 from shared.atomic import write_text
 from shared.config import add_config_arguments, load_config, print_config, to_dict
@@ -111,6 +112,8 @@ def main(argv=None) -> int:
     state.wait_for_everyone()
     for name in steps:
         run_step(name, entries, store, cfg, state)
+    if state.is_main_process:
+        write_record(cfg, store)
     return 0
 
 

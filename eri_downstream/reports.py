@@ -27,7 +27,7 @@ def report_for(preds: dict[str, np.ndarray], entries, task: Task) -> dict:
     labelled = [e for e in entries if e.labels is not None]
     pred = np.stack([preds[e.file_id] for e in labelled])
     true = np.array([e.labels for e in labelled], dtype=np.float64)
-    return {**pearson_report(pred, true, task.emotions), "videos": len(labelled)}
+    return {**pearson_report(pred, true, task.emotions), "videos": len(labelled), "task": task.name}
 
 
 def say_constant_columns(val_entries, task: Task, say: bool = True) -> None:

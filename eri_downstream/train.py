@@ -33,6 +33,7 @@ from eri_downstream.levers import LOSS_NAMES, drop_modalities, regression_loss
 from eri_downstream.loader import EpochLoader
 from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
 from eri_downstream.reports import VALIDATION, _defined, cv_summary, report_for, say_constant_columns, write_fold_outputs
+from eri_downstream.record import export_model, write_record
 from eri_downstream.store import FeatureStore
 from eri_downstream.tasks import Task, get_task, task_for
 from eri_downstream.visual import FrameEncoder
@@ -250,6 +251,7 @@ def finish_fold(cfg, acc, model, val_entries, test_entries, out: Path, dataset, 
               "test_predictions": {k: v.tolist() for k, v in test_pred.items()}}
     if acc.is_main_process:
         write_fold_outputs(out, result, val_pred, test_pred, val_entries, task, LOSS_NAMES[cfg.loss])
+        export_model(net, out, cfg, Path(cfg.run.output_dir), task)  # the published form of these weights
     acc.wait_for_everyone()
     return result
 
@@ -314,6 +316,7 @@ def main(argv=None) -> int:
             return EXIT_REQUEUE
         summary = {"mean_pearson": result["mean"]}
     if acc.is_main_process:
+        write_record(cfg, resolved, run_dir)
         log.info("done: %s", json.dumps(summary))
     acc.end_training()
     return 0

@@ -20,6 +20,7 @@ from finetune_affectnet.config import FinetuneConfig, resume_keys
 from finetune_affectnet.data import build_streams, class_counts, class_set
 from finetune_affectnet.evaluate import predict, save_report, write_report
 from finetune_affectnet.model import build_classifier, export_classifier, param_groups
+from finetune_affectnet.record import write_record
 from finetune_affectnet.regularize import Objective
 from shared import builtin_data
 from shared.atomic import write_yaml
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
                               extra={"step": step, "config": resolved})
             log.info("best %s %.4f at step %s (run_dir/best); final weights exported to %s", cfg.eval.metric,
                      best["value"], best.get("step"), run_dir / "export")
+            write_record(cfg, resolved, run_dir, step, "ema" if ema is not None else "model")
     acc.wait_for_everyone()
     acc.end_training()
     return 0

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
                headline=lambda: headlines.eri(runs["eri"]))
     published = out / "published"
     for name in runs:
-        demo.run(f"publish_{name}", f"publish {name}", [sys.executable, "-m", "shared.publish", str(runs[name]),
+        demo.run(f"publish_{name}", f"publish {name}", [sys.executable, "-m", "affect_publish", str(runs[name]),
                                                           "--out", str(published / name), "--overwrite"],
                  headline=lambda folder=published / name: headlines.folder(folder))
     print()

@@ -18,6 +18,7 @@ from pretrain_mae.config import PretrainConfig, resume_keys
 from pretrain_mae.data import build_data
 from pretrain_mae.export import export_mae
 from pretrain_mae.model import build_mae
+from pretrain_mae.record import write_record
 from pretrain_mae.visualize import reconstruction_figure
 from shared import builtin_data
 from shared.atomic import write_yaml
@@ -167,6 +168,7 @@ def main(argv=None) -> int:
     if final is not None:
         out = export_mae(final, run_dir / "export", mean=cfg.data.mean, std=cfg.data.std, config=resolved)
         log.info("exported the encoder (timm folder) and the full MAE to %s", out)
+        write_record(cfg, resolved, run_dir, step)
     acc.wait_for_everyone()
     acc.end_training()
     return 0

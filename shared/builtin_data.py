@@ -42,6 +42,7 @@ VIDEOS = {"full": dict(n_train=160, n_val=40, n_test=12), "quick": dict(n_train=
 
 REACTIONS = {"eri": "reactions", "emi": "reactions_emi"}  # each task's built-in videos
 FEATURES = {"eri": "features", "emi": "features_emi"}  # and their feature stores
+MARKER = "BUILTIN_SYNTHETIC_DATA"  # in the root of built-in data: what is under it is synthetic
 DEMO_DATA = Path("runs") / "demo" / "data"  # where launch/demo.sh makes it (its default --out)
 CHECKOUT = Path(__file__).resolve().parent.parent  # this checkout, where launch/demo.sh runs by default
 
@@ -106,6 +107,17 @@ def _done(folder: Path) -> bool:
 
 def _mark(folder: Path) -> None:
     (folder / ".complete").write_text("")
+    (folder.parent / MARKER).write_text("affect-lineage built-in synthetic data (shared/builtin_data.py)\n")
+
+
+def is_builtin(path: str | Path) -> bool:
+    """Whether `path` lies in built-in data: under a root marked when its parts were made, or in
+    a complete part of a place where built-in data is looked for."""
+    target = Path(path).resolve()
+    if any((folder / MARKER).is_file() for folder in target.parents):
+        return True
+    parts = ("raw", "shards", "reactions", "models", "features")
+    return any(target.is_relative_to(base / part) and complete(base, part) for base in places() for part in parts)
 
 
 def face_shards(base: Path | None = None, *, size: str = "full", progress: bool = False) -> dict[str, Path]:

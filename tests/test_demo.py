@@ -88,6 +88,9 @@ def test_every_published_folder_is_loaded_back(demo):
     for name in ("pretrain", "finetune", "eri"):
         card = (published / name / "README.md").read_text()
         assert card.startswith("---\n") and "license: cc-by-nc-4.0" in card
+        # the built-in data is synthetic: said so, and no dataset is claimed, nor a path of this machine
+        assert "**Trained on synthetic data.**" in card and "- synthetic-data" in card and "datasets:" not in card
+        assert str(out) not in card and "Hume-Reaction (ABAW5" not in card.split("## Licence")[1]
 
 
 @pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="launch/demo.sh would install .venv")

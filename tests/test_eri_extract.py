@@ -12,6 +12,8 @@ import torch
 from safetensors import safe_open
 
 from run_utils import run_stage
+from shared.provenance import sha256_file
+from shared.run_record import relative
 from shared.synthetic.reactions import write_hume_reaction
 from tiny_hf import save_deberta, save_hubert, save_speech2text
 
@@ -64,11 +66,21 @@ def test_all_steps_then_resume_then_stale_caches(setup, tiny_encoder, tmp_path):
         text, meta = features(store, "text", file_id)
         assert text.shape[1] == 32 and meta["transcript_sha1"]
     assert "no-face" in log
+    record = json.loads((store / "run.json").read_text())  # stage 3a's record, in the store
+    assert record["stage"]["number"] == "3a" and str(tmp_path) not in (store / "run.json").read_text()
+    videos = record["inputs"]["videos"]
+    assert videos["dataset"] == "hume-reaction" and videos["layout"] == "ABAW5" and "synthetic" not in videos
+    assert videos["sha256"] == {"data_info.csv": sha256_file(planted.root / "data_info.csv")}
+    assert record["inputs"]["features.visual"]["path"] == relative(tiny_encoder, store)
+    assert record["metrics"]["videos"] == {s: len(v) for s, v in planted.ids.items() if v}
+    assert record["metrics"]["feature_files"] == {"visual": len(ids), "audio": len(ids), "text": len(ids)}
+    assert record["outputs"]["files"]["table"] == {"path": "videos.csv", "kind": "table"}
 
-    # resume: nothing is redone
+    # resume: nothing is redone, and the record is the same
     stamps = {p: os.stat(p).st_mtime_ns for p in store.rglob("*.safetensors")}
+    first = (store / "run.json").read_bytes()
     again = run_stage(SCRIPT, "all", *args(planted, models, store, tiny_encoder)).stderr
-    assert f"{len(ids)} already done" in again
+    assert f"{len(ids)} already done" in again and (store / "run.json").read_bytes() == first
     assert {p: os.stat(p).st_mtime_ns for p in store.rglob("*.safetensors")} == stamps
 
     # another encoder makes the visual cache stale; an edited transcript, that video's text

@@ -1,8 +1,10 @@
 """affect-publish on real tiny runs of every stage, one lineage: a stage-1 MAE pretrained on
-converted shards, stage 2 fine-tuned from its export, stage 3b trained on a feature store whose
-visual features name that stage-2 encoder. Each published folder is loaded back offline and
-compared with the run's own weights; the cards carry the runs' exact numbers and licence; the
-upload goes to a stand-in HfApi."""
+converted shards, stage 2 fine-tuned from its export, stage 3b trained on a feature store (with
+stage 3a's run.json) whose visual features name that stage-2 encoder. The publisher reads only
+each run's run.json and the files it declares. Each published folder is loaded back offline and
+compared with the run's own weights; the cards carry the runs' exact numbers, their data as the
+records name it, and the licence; no published file names a folder of this machine; the upload
+goes to a stand-in HfApi."""
 from __future__ import annotations
 
 import json
@@ -16,11 +18,13 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+from eri_downstream.config import ExtractConfig
 from eri_downstream.dataset import EMOTIONS, VideoEntry, write_table
 from eri_downstream.store import FeatureStore
+from eri_downstream.store_record import write_record as write_store_record
 from run_utils import ROOT, metrics, run_stage
 from shared.errors import run_cli
-from shared.publish import cli
+from affect_publish import cli
 
 COMMON = ["run.mixed_precision=no", "run.trackers=[]", "run.log_every=1", "run.save_every=100"]
 
@@ -84,6 +88,11 @@ def store(finetune_run):
             labels = None if split == "test" else [round(float(x), 4) for x in rng.uniform(size=7)]
             entries.append(VideoEntry(file_id, split, labels, "30", "Nowhere", None, None))
     write_table(entries, fs.table)
+    # stage 3a's record of the store, over a stand-in raw folder (the record hashes its table)
+    raw = root.parent / "hume"
+    raw.mkdir()
+    (raw / "data_info.csv").write_text("File_ID,Split\n")
+    write_store_record(ExtractConfig(data=str(raw), store=str(root)), fs)
     return root
 
 
@@ -120,11 +129,11 @@ def test_stage1_publishes_the_encoder_in_timm_layout(pretrain_run, shards, tmp_p
     losses = [m["loss"] for _, m in sorted(metrics(pretrain_run).items())]
     assert metric(data, "final training loss") == losses[-1] and metric(data, "lowest training loss") == min(losses)
     assert data.license == "cc-by-nc-4.0" and data.library_name == "timm" and data.base_model is None
-    assert data.datasets == ["celeba", "casia-webface"]
+    assert data.datasets == ["casia-webface", "celeba"]  # in the order of run.json (sorted keys)
     text = card(out).text
     splits = {name: json.loads((shards[name] / "manifest.json").read_text())["splits"] for name in ("celeba", "casia")}
     samples = {name: sum(s["samples"] for s in split.values() if not s["holdout"]) for name, split in splits.items()}
-    assert f"| celeba | CelebA | `{shards['celeba']}` | 75.0 % of the samples" in text
+    assert "| celeba | CelebA | 75.0 % of the samples" in text and "| casia | CASIA-WebFace | 25.0 % of the samples" in text
     assert f"| {samples['casia']:,} |" in text and "non-commercial research use only" in text
     assert "<details>" in text and "mae_vit_test" in text
 
@@ -153,11 +162,11 @@ def test_stage2_publishes_the_best_encoder_and_a_loadable_head(finetune_run, pre
     assert metric(data, "balanced accuracy") == report["balanced_accuracy"]
     assert metric(data, "macro-F1") == report["macro_f1"]
     assert data.license == "cc-by-nc-sa-4.0" and data.library_name == "timm"
-    assert data.datasets == ["affectnet", "celeba", "casia-webface"]  # its own, then the stage-1 run's
+    assert data.datasets == ["affectnet", "casia-webface", "celeba"]  # its own, then the stage-1 run's
     text = card(out).text
     assert f"| anger | {report['per_class']['anger']['precision']:.4f} |" in text
     assert f"`{pretrain_run.name}` (stage 1, MAE pretraining)" in text  # the lineage, traced
-    assert "| AffectNet train |" in text and "| 100 |" in text and "| 40 |" in text  # manifest counts
+    assert "| affectnet train | AffectNet | training (" in text and "| 100 |" in text and "| 40 |" in text  # manifest counts
     assert "no redistribution of the images" in text and (out / "confusion_matrix.png").is_file()
 
     final = tmp_path / "final"
@@ -188,7 +197,7 @@ def test_stage3b_publishes_the_eri_model(eri_run, finetune_run, tmp_path, capsys
     config = json.loads((out / "config.json").read_text())
     assert config["emotions"] == EMOTIONS and config["modalities"] == ["visual", "audio", "text"]
     assert {m: v["dim"] for m, v in config["inputs"].items()} == DIMS
-    assert config["inputs"]["visual"]["source"] == str(finetune_run / "best" / "encoder")
+    assert config["inputs"]["visual"]["source"] == "../affectnet/best/encoder"  # from the run folder, no machine path
     assert config["inputs"]["audio"]["fingerprint"] == "audio-fp" and config["frames_per_video"] == 4
 
     published = load_eri_model(out)
@@ -205,7 +214,10 @@ def test_stage3b_publishes_the_eri_model(eri_run, finetune_run, tmp_path, capsys
     assert metric(data, "mean Pearson r") == report["mean"]
     assert all(metric(data, f"Pearson r, {e}") == r for e, r in report["per_emotion"].items())
     assert data.license == "cc-by-nc-4.0" and data.library_name == "pytorch"
-    assert data.datasets == ["hume-reaction", "affectnet", "celeba", "casia-webface"]  # through the visual encoder
+    # the videos as stage 3a recorded them, then the visual encoder's lineage
+    assert data.datasets == ["hume-reaction", "affectnet", "casia-webface", "celeba"]
+    assert "| videos train | Hume-Reaction (ABAW5 / MuSe 2022) | training | 16 |" in card(out).text
+    assert "`features` (stage 3a, feature extraction (the feature store))" in card(out).text
     assert "research use only" in card(out).text and f"| **mean** | **{report['mean']:.4f}** |" in card(out).text
 
 
@@ -221,6 +233,50 @@ def test_stage3b_cross_validation_publishes_one_fold_with_the_cv_table(eri_cv_ru
     assert metric(published.data, "mean Pearson r") == fold["mean"]
     assert f"| 1 (this model) | {cv['folds'][1]:.4f} |" in published.text
     assert f"{cv['out_of_fold']:.4f}" in published.text
+
+
+def test_no_published_file_or_record_names_a_folder_of_this_machine(pretrain_run, finetune_run, store, eri_run,
+                                                                   eri_cv_run, tmp_path, capsys):
+    runs = {"mae": (pretrain_run,), "best": (finetune_run,), "final": (finetune_run, "--weights", "final"),
+            "eri": (eri_run,), "eri_cv": (eri_cv_run, "--fold", "0")}
+    for name, (run, *extra) in runs.items():
+        publish(run, tmp_path / name, *extra, capsys=capsys)
+    machine = [str(tmp_path), str(pretrain_run.parent)]  # where these runs and folders lie
+    published = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(published) >= 15
+    for path in published + [run / "run.json" for run in (pretrain_run, finetune_run, store, eri_run, eri_cv_run)]:
+        data = path.read_bytes()  # safetensors headers are JSON text too
+        assert not any(m.encode() in data for m in machine), path
+
+
+def test_run_json_declares_the_files_and_is_the_same_for_the_same_run(pretrain_run, finetune_run, store, eri_run):
+    from shared.provenance import sha256_file
+    from shared.run_record import read_run_record
+    for run in (pretrain_run, finetune_run, store, eri_run):
+        record = read_run_record(run)
+        files = list(record["outputs"]["files"].values())
+        files += [f for w in record["outputs"]["weights"].values() for f in w["files"].values()]
+        assert files and all((run / f["path"]).exists() for f in files), run
+    assert [read_run_record(r)["stage"]["number"] for r in (pretrain_run, finetune_run, store, eri_run)] == [
+        "1", "2", "3a", "3b"]
+    fine = read_run_record(finetune_run)
+    assert fine["inputs"]["encoder"] == {"kind": "encoder folder", "path": "../mae/export/encoder", "run": "../mae",
+                                         "sha256": {"config.json": sha256_file(pretrain_run / "export/encoder/config.json")}}
+    assert fine["config"]["run"]["output_dir"] == "." and fine["outputs"]["default"] == "best"
+    assert fine["metrics"]["best"]["top1"] == json.loads((finetune_run / "best/report.json").read_text())["top1"]
+    again = eri(store, store.parent / "eri_again")  # the same run once more, in another folder
+    assert (again / "run.json").read_bytes() == (eri_run / "run.json").read_bytes()
+
+
+def test_a_run_on_synthetic_data_says_so_and_claims_no_dataset(tmp_path, capsys):
+    run = tmp_path / "mae_synthetic"
+    run_stage("pretrain_mae/main.py", "model.name=mae_vit_test", "data.synthetic=true", "data.batch_size=4",
+              "data.num_workers=0", "run.total_steps=2", "figures.every=0", f"run.output_dir={run}", *COMMON)
+    publish(run, tmp_path / "out", capsys=capsys)
+    published = card(tmp_path / "out")
+    assert published.data.datasets is None and "synthetic-data" in published.data.tags
+    assert "**Trained on synthetic data.**" in published.text and "no dataset's terms bind them" in published.text
+    assert {r.dataset_name for r in published.data.eval_results} == {"built-in synthetic data"}
 
 
 def test_upload_creates_the_repository_and_uploads_the_folder(pretrain_run, tmp_path, monkeypatch, capsys):
@@ -260,7 +316,7 @@ def test_upload_creates_the_repository_and_uploads_the_folder(pretrain_run, tmp_
 
 
 def command(*args):
-    return subprocess.run([sys.executable, "-m", "shared.publish", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "affect_publish", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
 
 
@@ -271,29 +327,34 @@ def one_line(proc, status: int, *words: str) -> None:
     assert all(w in lines[0] for w in words), lines[0]
 
 
-def test_errors_are_one_line_with_the_fix(pretrain_run, eri_run, tmp_path, capsys):
+def test_errors_are_one_line_with_the_fix(pretrain_run, store, eri_run, tmp_path, capsys):
     one_line(command(tmp_path / "missing", "--out", tmp_path / "o"), 2, "no such folder")
     (tmp_path / "plain").mkdir()
-    one_line(command(tmp_path / "plain", "--out", tmp_path / "o"), 2, "no config.yaml", "run.output_dir")
+    one_line(command(tmp_path / "plain", "--out", tmp_path / "o"), 2, "no run.json", "--resume auto")
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
-    shutil.copy(pretrain_run / "config.yaml", unfinished / "config.yaml")
-    one_line(command(unfinished, "--out", tmp_path / "o"), 2, "has not finished", "--resume auto",
-             "python -m pretrain_mae.export")
+    shutil.copy(pretrain_run / "config.yaml", unfinished / "config.yaml")  # started, never finished
+    one_line(command(unfinished, "--out", tmp_path / "o"), 2, "no run.json", "when its run finishes")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     one_line(command(pretrain_run, "--out", tmp_path / "taken"), 2, "not empty", "--overwrite")
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
     one_line(command(pretrain_run, "--out", pretrain_run / "hub"), 2, "overlaps the run folder")
     one_line(command(pretrain_run, "--out", tmp_path / "o", "--private"), 2, "--private", "add --repo-id")
-    one_line(command(pretrain_run, "--out", tmp_path / "o", "--weights", "final"), 2, "--weights applies to stage-2")
+    one_line(command(pretrain_run, "--out", tmp_path / "o", "--weights", "best"), 2, "has the weights final")
+    one_line(command(eri_run, "--out", tmp_path / "o", "--fold", "1"), 2, "--fold 1", "has the weights best")
+    one_line(command(store, "--out", tmp_path / "o"), 2, "stage 3a", "publishes no weights", "stage-3b run")
 
-    # weights that do not fit the run's configuration: a runtime failure, status 1
+    # a declared file gone: the record and the folder disagree
+    gone = tmp_path / "gone"
+    shutil.copytree(eri_run, gone, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
+    (gone / "model" / "model.safetensors").unlink()
+    one_line(command(gone, "--out", tmp_path / "o"), 2, "declared by", "incomplete")
+    # a declared file that does not read: a runtime failure, status 1
     broken = tmp_path / "broken"
     shutil.copytree(eri_run, broken, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
-    config = (broken / "config.yaml").read_text().replace("  k: 4\n", "  k: 6\n")
-    (broken / "config.yaml").write_text(config)
-    one_line(command(broken, "--out", tmp_path / "o"), 1, "does not fit the model")
+    (broken / "model" / "config.json").write_text("{")
+    one_line(command(broken, "--out", tmp_path / "o"), 1, "JSONDecodeError")
     assert not (tmp_path / "o").exists() and not (tmp_path / ".o.partial").exists()  # nothing half-written
     assert run_cli(cli.main, [str(broken), "--out", str(tmp_path / "o"), "--debug"]) == 1
     assert "Traceback" in capsys.readouterr().err

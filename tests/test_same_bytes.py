@@ -29,18 +29,19 @@ def differing(a, b) -> list[str]:
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, tiny_encoder):
-    """Two feature stores written by `affect-extract all` on the same built-in videos."""
+    """Two feature stores written by `affect-extract all` on the same built-in videos into the
+    same folder (each step's <step>_config.yaml names it), the first moved aside."""
     base = tmp_path_factory.mktemp("builtin")
     builtin_data.reactions(base, size="quick")
     builtin_data.text_models(base)
-    out = []
+    same = tmp_path_factory.mktemp("same")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(builtin_data.ROOT_ENV, str(base))  # no --data: the built-in videos made above
-        for name in ("a", "b"):
-            store = tmp_path_factory.mktemp("same") / name
-            run_stage("eri_downstream/extract.py", "all", "--store", str(store), "--encoder", str(tiny_encoder))
-            out.append(store)
-    return out
+        for moved in ("first", None):
+            run_stage("eri_downstream/extract.py", "all", "--store", str(same / "store"), "--encoder", str(tiny_encoder))
+            if moved:
+                shutil.move(same / "store", same / moved)
+    return [same / "first", same / "store"]
 
 
 def test_stage_3a_writes_the_same_bytes_twice(stores):

@@ -9,23 +9,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-from shared.publish.licences import Dataset
-from shared.publish.lineage import ancestors, feature_sources, hub_id, starting_point
-from shared.publish.mixture import datasets, excluded, parts
-from shared.publish.results import mae_config, results
-from shared.publish.runs import STAGES, Run
+from affect_publish.licences import Dataset
+from affect_publish.lineage import ancestors, feature_sources, hub_id, named, starting_point
+from affect_publish.mixture import SYNTHETIC, datasets, excluded, parts, synthetic
+from affect_publish.results import Data, mae_config, results
+from affect_publish.runs import Run, title
 
 PLACEHOLDER_REPO = "USER/NAME"
+# the task's tags; datasets are tagged only when the run's inputs name them (`datasets:`)
 TAGS = {"pretrain": ["masked-autoencoder", "vision-transformer", "face"],
-        "finetune": ["facial-expression-recognition", "vision-transformer", "face", "affectnet"],
-        "eri": ["emotion-reaction-intensity", "multimodal", "hume-reaction", "abaw"]}
+        "finetune": ["facial-expression-recognition", "vision-transformer", "face"],
+        "eri": ["emotion-reaction-intensity", "multimodal", "abaw"]}
 PURPOSE = {
     "pretrain": "a ViT face encoder pre-trained as a masked autoencoder on face crops",
-    "finetune": "a ViT face encoder fine-tuned, with a two-layer head, to classify AffectNet facial expressions",
-    "eri": "a late-fusion model that estimates the intensity (0 to 1) of 7 emotional reactions in a video from "
-           "its visual, audio and text features (Hume-Reaction, the ABAW5 / MuSe 2022 ERI task)",
+    "finetune": "a ViT face encoder fine-tuned, with a two-layer head, to classify facial expressions "
+                "(AffectNet's classes)",
+    "eri": "a late-fusion model that estimates emotion intensities (0 to 1) in a video from its visual, audio and "
+           "text features (ABAW's intensity tasks: ERI on Hume-Reaction's format, EMI on Hume-Vidmimic2's; its "
+           "task and outputs are under Model)",
 }
 INTENDED_USE = {
     "pretrain": "Research on face analysis: a starting point for fine-tuning (expressions, action units, "
@@ -33,16 +37,16 @@ INTENDED_USE = {
     "finetune": "Research on facial expression recognition, and a frozen face encoder for downstream affect "
                 "models (stage 3 of this lineage extracts one pooled feature per face image with it).",
     "eri": "Research on emotion reaction intensity estimation, reproducing and extending the ABAW 2023 ERI "
-           "challenge models on Hume-Reaction features.",
+           "challenge models.",
 }
 LIMITATIONS = {
     "pretrain": "Trained on face crops only: features of other images are not meaningful. The training loss is "
                 "not a measure of downstream quality; evaluate on the task at hand.",
-    "finetune": "AffectNet labels are mostly single annotations of web images; expression categories are "
-                "culturally loaded and a facial expression is not a felt emotion. Accuracy may differ across "
+    "finetune": "Expression labels such as AffectNet's are mostly single annotations of web images; expression "
+                "categories are culturally loaded and a facial expression is not a felt emotion. Accuracy may differ across "
                 "demographic groups, which this evaluation does not measure.",
-    "eri": "The intensities are self-reports of people reacting to videos, from a limited set of countries; "
-           "the model estimates how a reaction looks and sounds, not what a person feels. It needs features "
+    "eri": "The Hume datasets' intensities are annotations of people reacting to (or mimicking) videos, from a "
+           "limited set of countries; the model estimates how a reaction looks and sounds, not what a person feels. It needs features "
            "from the same encoders, sampled the same way, as in training (see config.json).",
 }
 COMMON_LIMITATIONS = ("Not for decisions about people (hiring, education, policing, health, surveillance): "
@@ -52,23 +56,28 @@ COMMON_LIMITATIONS = ("Not for decisions about people (hiring, education, polici
 
 def build_card(run: Run, folder: Path, *, repo_id: str | None, license: str, base_model: str | None) -> ModelCard:
     """The card for `folder` (already holding the weights) of `run`."""
-    lineage = ancestors(run.stage, run.config)
+    lineage = ancestors(run.root, run.record)
     used = _datasets(run, lineage)
-    found = results(run)
+    made_up = synthetic(run.root, run.record) or any(synthetic(root, record) for root, record in lineage)
+    data = evaluation_data(run)
+    found = results(run, data)
     name = repo_id.split("/")[-1] if repo_id else run.root.name
     base = base_model or hub_id(_started_from(run))
-    encoder = run.stage != "eri"
-    data = ModelCardData(
+    encoder = "encoder" in run.files
+    meta = ModelCardData(
         model_name=name, license=license, datasets=[d.key for d in used] or None, metrics=found.metrics,
-        tags=["affect-lineage", *TAGS[run.stage]], library_name="timm" if encoder else "pytorch",
-        pipeline_tag="image-feature-extraction" if encoder else None, base_model=base,
-        eval_results=found.eval_results or None)
+        tags=["affect-lineage", *TAGS[run.stage], *(["synthetic-data"] if made_up else [])],
+        library_name="timm" if encoder else "pytorch", pipeline_tag="image-feature-extraction" if encoder else None,
+        base_model=base, eval_results=found.eval_results or None)
     figure = "\n\n![confusion matrix](confusion_matrix.png)" if (folder / "confusion_matrix.png").is_file() else ""
+    intro = (f"{PURPOSE[run.stage][0].upper()}{PURPOSE[run.stage][1:]}: {run.title} of the affect-lineage "
+             "training suite, which reproduces the visual lineage of *Multi-modal Emotion Reaction Intensity "
+             "Estimation with Temporal Augmentation* (Qiu et al., ABAW 2023).")
+    if made_up:
+        intro += (f"\n\n**Trained on synthetic data.** {_synthetic_note(run, lineage)} These weights "
+                  "demonstrate the pipeline; they are not a model of real faces or reactions.")
     body = "\n\n".join([
-        f"# {name}",
-        f"{PURPOSE[run.stage][0].upper()}{PURPOSE[run.stage][1:]}: {STAGES[run.stage]} of the affect-lineage "
-        "training suite, which reproduces the visual lineage of *Multi-modal Emotion Reaction Intensity "
-        "Estimation with Temporal Augmentation* (Qiu et al., ABAW 2023).",
+        f"# {name}", intro,
         "## Model", _model_section(run, folder, lineage, base),
         "## How to load", _loading(run, repo_id or PLACEHOLDER_REPO),
         "## Training data", _data_section(run, lineage),
@@ -76,28 +85,48 @@ def build_card(run: Run, folder: Path, *, repo_id: str | None, license: str, bas
         "## Training configuration", _config_section(run),
         "## Intended use", INTENDED_USE[run.stage],
         "## Limitations", f"{LIMITATIONS[run.stage]} {COMMON_LIMITATIONS}",
-        "## Licence", _licence_section(license, used, _untraced(run, lineage)),
+        "## Licence", _licence_section(license, used, _untraced(run, lineage), made_up),
     ])
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+    return ModelCard(f"---\n{meta.to_yaml()}\n---\n\n{body}\n")
+
+
+def _synthetic_note(run: Run, lineage) -> str:
+    runs = [(run.root, run.record)] + list(lineage)
+    which = [f"`{root.name}` ({title(record)})" for root, record in runs if synthetic(root, record)]
+    return f"The run{'s' if len(which) > 1 else ''} {', '.join(which)} used synthetic data: the built-in " \
+           "drawn faces and generated reaction videos (in the public datasets' layouts, shared/builtin_data.py), " \
+           "or images generated in the stream (data.synthetic=true)."
+
+
+def evaluation_data(run: Run) -> Data:
+    """The data the run's numbers are on, as its inputs name it (a dataset only when they do)."""
+    names = [p.origin for p in parts(run.root, run.record)]
+    if any(n == SYNTHETIC for n in names):
+        return Data(SYNTHETIC, "synthetic")
+    real = _datasets(run, [])
+    if real:
+        return Data(real[0].name, real[0].key)
+    return Data("data not on record", "unknown")
 
 
 def _datasets(run: Run, lineage) -> list[Dataset]:
     """The datasets behind the weights: the run's own and those of every earlier run found."""
-    found = datasets(run.stage, run.config)
-    for _, stage, config in lineage:
-        found += datasets(stage, config)
+    found = datasets(run.root, run.record)
+    for root, record in lineage:
+        found += datasets(root, record)
     return list(dict.fromkeys(found))
 
 
-def _started_from(run: Run) -> str | None:
-    """The checkpoint the weights were trained from; stage 3b trains from scratch (on features)."""
-    return None if run.stage == "eri" else starting_point(run.stage, run.config)
+def _started_from(run: Run) -> dict | None:
+    """The input the weights were trained from; stage 3b trains from scratch (on features)."""
+    return starting_point(run.record)
 
 
 def _untraced(run: Run, lineage) -> str | None:
     """The checkpoint at the start of the lineage found here, if any: its data is not on record."""
-    _, stage, config = lineage[-1] if lineage else (run.root, run.stage, run.config)
-    return starting_point(stage, config)
+    _, record = lineage[-1] if lineage else (run.root, run.record)
+    start = starting_point(record)
+    return None if start is None or "run" in start else named(start)
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -106,21 +135,21 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 def _model_section(run: Run, folder: Path, lineage, base: str | None) -> str:
     cfg = json.loads((folder / "config.json").read_text())
-    rows = [("lineage stage", STAGES[run.stage]), ("weights", run.choice), ("run", f"`{run.root.name}`")]
-    rows += _eri_rows(cfg) if run.stage == "eri" else _encoder_rows(cfg)
+    rows = [("lineage stage", run.title), ("weights", run.about), ("run", f"`{run.root.name}`")]
+    rows += _encoder_rows(cfg) if "encoder" in run.files else _eri_rows(cfg)
     if run.stage == "pretrain":
         rows.append(("masking", f"{run.config['model']['mask_ratio']:.0%} of the patches"))
-    if run.stage == "pretrain" and mae_config(run):
         mae = mae_config(run)
-        rows.append(("MAE decoder (not published)", f"depth {mae.get('decoder_depth')}, width "
-                     f"{mae.get('decoder_embed_dim')}, norm_pix_loss {mae.get('norm_pix_loss')}"))
-    if run.stage == "finetune":
+        if mae:
+            rows.append(("MAE decoder (not published)", f"depth {mae.get('decoder_depth')}, width "
+                         f"{mae.get('decoder_embed_dim')}, norm_pix_loss {mae.get('norm_pix_loss')}"))
+    if "head" in run.files:
         rows.append(("expression head", "`expression_head/head.safetensors` (see How to load)"))
-    start = _started_from(run)
+    start = named(_started_from(run))
     rows.append(("started from", f"`{start}`" if start else "random initialisation"))
     if base:
         rows.append(("base model", f"[{base}](https://huggingface.co/{base})"))
-    rows += [("earlier run", f"`{root.name}` ({STAGES[stage]})") for root, stage, _ in lineage]
+    rows += [("earlier run", f"`{root.name}` ({title(record)})") for root, record in lineage]
     return _table(rows)
 
 
@@ -137,7 +166,8 @@ def _encoder_rows(cfg: dict) -> list[tuple[str, str]]:
 
 def _eri_rows(cfg: dict) -> list[tuple[str, str]]:
     """What save_eri_model's config.json says about the ERI model's inputs and outputs."""
-    rows = [("modalities", ", ".join(cfg["modalities"])),
+    rows = [("task", f"{cfg['task']} ({cfg['dataset']}'s format)")] if cfg.get("task") else []
+    rows += [("modalities", ", ".join(cfg["modalities"])),
             ("inputs", ", ".join(f"{m} {v['dim']}-d" for m, v in cfg["inputs"].items())
              + " features per step (sources under Training data)"),
             ("outputs", ", ".join(cfg["emotions"]) + " (sigmoid, 0 to 1)"),
@@ -148,8 +178,9 @@ def _eri_rows(cfg: dict) -> list[tuple[str, str]]:
 
 
 def _config_section(run: Run) -> str:
-    return ("<details>\n<summary>config.yaml of the run (resolved)</summary>\n\n"
-            f"```yaml\n{run.config_text.rstrip()}\n```\n\n</details>")
+    text = yaml.safe_dump(run.config, sort_keys=False).rstrip()
+    return ("<details>\n<summary>the run's resolved configuration (run.json; paths relative to the run folder)"
+            f"</summary>\n\n```yaml\n{text}\n```\n\n</details>")
 
 
 def _loading(run: Run, repo: str) -> str:
@@ -194,40 +225,39 @@ def _loading(run: Run, repo: str) -> str:
         '    steps = config["frames_per_video"] if m == "visual" else 50',
         '    batch[m] = torch.zeros(1, steps, spec["dim"])  # stand-in for the video\'s features',
         '    batch[f"{m}_mask"] = torch.ones(1, steps, dtype=torch.bool)',
-        'intensities = model(batch)  # (1, 7) in config["emotions"] order',
+        'intensities = model(batch)  # (1, len(config["emotions"])) in config["emotions"] order',
         "```", "",
         "Features come from `eri_downstream/extract.py` with the encoders named in config.json "
         "(`inputs`); `eri_downstream.data.FeatureDataset` samples and pads them as in training."])
 
 
 def _data_section(run: Run, lineage) -> str:
-    rows = ["| source | dataset | location | use | samples |", "|---|---|---|---|--:|"]
-    for p in parts(run.stage, run.config):
-        dataset = p.dataset.name if p.dataset else "-"
+    rows = ["| source | data | use | samples |", "|---|---|---|--:|"]
+    for p in parts(run.root, run.record):
         samples = f"{p.samples:,}" if p.samples is not None else "-"
-        location = f"`{p.location}`" if p.location else "-"
-        rows.append(f"| {p.name} | {dataset} | {location} | {p.use} | {samples} |")
+        rows.append(f"| {p.name} | {p.origin} | {p.use} | {samples} |")
     text = "\n".join(rows)
-    if run.stage == "pretrain":
-        files, count = excluded(run.config)
-        if files:
-            text += (f"\n\nLeakage guard: {'' if count is None else f'{count:,} '}faces within a perceptual-hash "
-                     f"distance of AffectNet's held-out faces were skipped (`{'`, `'.join(files)}`).")
-        if any(p.dataset and p.dataset.key == "affectnet" for p in parts(run.stage, run.config)):
-            text += "\n\nAffectNet's validation split, the field's test set, is held out: never pretrained on."
-    if run.stage == "eri" and feature_sources(run.config):
-        made = [f"{m} `{s.get('source', 'unknown')}`" + (f" (weights fingerprint {s['fingerprint']})"
-                                                        if "fingerprint" in s else "")
-                for m, s in feature_sources(run.config).items()]
+    files, count = excluded(run.record)
+    if files:
+        text += (f"\n\nLeakage guard: {'' if count is None else f'{count:,} '}faces within a perceptual-hash "
+                 f"distance of AffectNet's held-out faces were skipped (`{'`, `'.join(files)}`).")
+    if any(d.key == "affectnet" for d in datasets(run.root, run.record)) and run.stage == "pretrain":
+        text += "\n\nAffectNet's validation split, the field's test set, is held out: never pretrained on."
+    sources = feature_sources(run.record)
+    if sources:
+        made = [f"{m} `{named(s) or 'unknown'}`" + (f" (weights fingerprint {s['fingerprint']})"
+                                                   if "fingerprint" in s else "") for m, s in sources.items()]
         text += f"\n\nFeatures made by: {'; '.join(made)}."
-    for root, stage, config in lineage:
-        names = ", ".join(d.name for d in datasets(stage, config)) or "no dataset on record"
-        text += f"\n\nEarlier in the lineage, `{root.name}` ({STAGES[stage]}) trained on: {names}."
-    return text + "\n\nSample counts are read from the shard manifests and the feature store when they were " \
-                  "available at publication; `-` where they were not."
+    for root, record in lineage:
+        names = ", ".join(d.name for d in datasets(root, record))
+        if synthetic(root, record):
+            names = ", ".join(filter(None, [names, SYNTHETIC]))
+        text += f"\n\nEarlier in the lineage, `{root.name}` ({title(record)}) used: {names or 'no data on record'}."
+    return text + "\n\nSample counts are those the runs recorded in their run.json (from the shard manifests and " \
+                  "the feature store); `-` where they were not recorded."
 
 
-def _licence_section(license: str, used: list[Dataset], untraced: str | None) -> str:
+def _licence_section(license: str, used: list[Dataset], untraced: str | None, made_up: bool) -> str:
     lines = [f"The weights are released under `{license}`"
              + (" (Creative Commons Attribution-NonCommercial 4.0)" if license == "cc-by-nc-4.0" else "") + "."]
     if used:
@@ -235,6 +265,8 @@ def _licence_section(license: str, used: list[Dataset], untraced: str | None) ->
                      "below bind them as well: no commercial use.")
         lines += ["", "| dataset | terms |", "|---|---|"]
         lines += [f"| [{d.name}]({d.url}) | {d.terms} |" for d in used]
+    elif made_up:
+        lines[0] += " The lineage on record trained on synthetic data only: no dataset's terms bind them."
     else:
         lines[0] += " No dataset is on record for this run."
     if untraced:

@@ -30,17 +30,6 @@ DATASETS = {d.key: d for d in (
             "academic research use only"),
     Dataset("hume-reaction", "Hume-Reaction (ABAW5 / MuSe 2022)", "https://www.muse-challenge.org/",
             "the challenge's end-user licence agreement: research use only"),
+    Dataset("hume-vidmimic2", "Hume-Vidmimic2 (ABAW6-10 EMI)", "https://affective-behavior-analysis-in-the-wild.github.io/",
+            "the challenge's end-user licence agreement: research use only"),
 )}
-
-# spellings of each dataset in shard manifests ("source") and in configs' source names
-_ALIASES = {"affectnet": "affectnet", "casia": "casia-webface", "celeba": "celeba", "imdb": "imdb-wiki",
-            "wiki": "imdb-wiki", "hume": "hume-reaction"}
-
-
-def dataset_of(name: str) -> Dataset | None:
-    """The dataset a source name or a manifest's source refers to, if recognisable."""
-    lowered = name.lower()
-    for alias, key in _ALIASES.items():
-        if alias in lowered:
-            return DATASETS[key]
-    return None

@@ -4,9 +4,10 @@
     affect-publish runs/finetune_affectnet_vit_base --out publish/affectnet --repo-id me/vit-b-affectnet
     affect-publish runs/eri_cv --out publish/eri --fold 2 --repo-id me/eri --private
 
-The stage is read from the run's config.yaml. The folder holds the weights (timm's layout for
+The run is read from its run.json, which every stage writes when it finishes: its stage,
+configuration, inputs and the files it wrote. The folder holds the weights (timm's layout for
 the encoders of stages 1 and 2, config.json + model.safetensors for the ERI model of stage 3b)
-and a model card built from the run's own configuration, data manifests and reports. With
+and a model card built from the run's record and the reports it declares. With
 --repo-id the folder is uploaded (the repository is created if needed); without, nothing
 leaves the machine.
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from shared.atomic import seal_folder
 from shared.errors import UserError, run_cli
-from shared.publish.licences import DEFAULT_LICENSE
-from shared.publish.runs import STAGES, Run, open_run
+from affect_publish.licences import DEFAULT_LICENSE
+from affect_publish.runs import Run, open_run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,10 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--revision", metavar="BRANCH", help="upload to this branch (created from main when missing)")
     p.add_argument("--commit-message", metavar="TEXT", help="message of the upload commit")
-    p.add_argument("--weights", choices=("best", "final"),
-                   help="stage 2: the best weights by the run's eval.metric (default) or the final ones")
+    p.add_argument("--weights", metavar="NAME",
+                   help="which of the run's weights (run.json): stage 2 best (default) or final")
     p.add_argument("--fold", type=int, metavar="N",
-                   help="stage 3b with folds: the fold whose model is published (default 0)")
+                   help="stage 3b with folds: the fold whose model is published, the same as --weights fold_N "
+                        "(default: fold 0)")
     p.add_argument("--license", default=DEFAULT_LICENSE, metavar="ID",
                    help="licence of the weights (default %(default)s: the data is for non-commercial research)")
     p.add_argument("--base-model", metavar="USER/NAME",
@@ -62,8 +64,8 @@ def write_folder(run: Run, out: Path, *, repo_id: str | None = None, license: st
     """Weights + README.md of `run` in `out`, written beside it first and swapped in whole, so a
     failure never leaves half a folder (nor destroys the previous one)."""
     # torch, timm and the Hub client load here, once the arguments are known to be good
-    from shared.publish.card import build_card
-    from shared.publish.folders import write_weights
+    from affect_publish.card import build_card
+    from affect_publish.folders import write_weights
 
     staging = out.with_name(f".{out.name}.partial")
     if staging.exists():
@@ -92,7 +94,7 @@ def summary(run: Run, out: Path) -> str:
     files = sorted(p for p in out.rglob("*") if p.is_file())
     sizes = {p: p.stat().st_size for p in files}
     width = max(len(str(p.relative_to(out))) for p in files)
-    lines = [f"{STAGES[run.stage]}: {run.root}, {run.choice}",
+    lines = [f"{run.title}: {run.root}, {run.about}",
              f"wrote {out} ({len(files)} files, {_size(sum(sizes.values()))}):"]
     lines += [f"  {str(p.relative_to(out)):<{width}}  {_size(sizes[p]):>9}" for p in files]
     return "\n".join(lines)
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
               f"card's loading code): affect-publish {args.run} --out {args.out} --overwrite --repo-id USER/NAME "
               "[--private]")
         return 0
-    from shared.publish.hub import upload
+    from affect_publish.hub import upload
     url = upload(out, args.repo_id, private=args.private, revision=args.revision,
                  commit_message=args.commit_message)
     print(f"uploaded to https://huggingface.co/{args.repo_id}"

@@ -1,0 +1,3 @@
+from affect_publish.cli import entry
+
+entry()

@@ -1,3 +1,0 @@
-from shared.publish.cli import entry
-
-entry()
