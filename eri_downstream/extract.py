@@ -25,6 +25,7 @@ from eri_downstream.steps import STEPS, run_step
 from eri_downstream.store import FeatureStore
 from shared import builtin_data
 from shared.errors import UserError, run_cli
+from shared.face_crop import FaceCrop
 from shared.launcher import launch
 
 log = logging.getLogger("eri_downstream.extract")
@@ -44,8 +45,11 @@ def parse_args(argv):
     faces = p.add_argument_group("faces")
     faces.add_argument("--detector", default="mtcnn", help="face detector backend (default %(default)s)")
     faces.add_argument("--fps", type=float, default=6.0, help="frames per second kept (default %(default)s)")
-    faces.add_argument("--size", type=int, default=224, help="face crop side (default %(default)s)")
-    faces.add_argument("--margin", type=float, default=0.2, help="margin around the face box (default %(default)s)")
+    # face-shards' defaults: the frozen encoder then sees faces framed as in its stage-2 evaluation
+    faces.add_argument("--size", type=int, default=FaceCrop.size,
+                       help="face crop side, as the encoder's face shards (default %(default)s)")
+    faces.add_argument("--margin", type=float, default=FaceCrop.margin,
+                       help="margin around the face box, as the encoder's face shards (default %(default)s)")
     visual = p.add_argument_group("visual")
     visual.add_argument("--encoder", help="the stage-2 (or stage-1) encoder folder, a timm folder")
     p.add_argument("--batch-size", type=int, default=32, help="frames per detector / encoder batch")
