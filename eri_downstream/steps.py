@@ -82,6 +82,11 @@ def save_features(store: FeatureStore, step: str, file_id: str, features: torch.
 
 def faces_step(store: FeatureStore, args, device) -> Step:
     from eri_downstream.faces import extract_faces, make_detector, save_face_track
+    from shared.face_crop import FaceCrop
+    try:  # bad values stop here, before any video is read
+        FaceCrop(size=args.size, margin=args.margin)
+    except ValueError as err:
+        raise UserError(f"face crop: {err}") from None
     detector = make_detector(args.detector, device=device)
 
     def work(entry: VideoEntry) -> str:

@@ -146,3 +146,12 @@ def test_frame_encoder_prepares_crops_as_stage2_evaluates(tmp_path):
         decoded = torch.from_numpy(np.asarray(Image.open(data).convert("RGB")).copy()).permute(2, 0, 1)
         mine = encode.preprocess.pixels(decoded[None], "cpu")[0]
         assert (mine - stage2).abs().max() <= 1 and (mine - stage2).abs().mean() < 0.05
+
+
+def test_bad_crop_settings_stop_the_faces_step_in_one_line(tmp_path):
+    from argparse import Namespace
+    from eri_downstream.steps import faces_step
+    from eri_downstream.store import FeatureStore
+    from shared.errors import UserError
+    with pytest.raises(UserError, match="face crop: size 96 / margin -0.1"):
+        faces_step(FeatureStore(tmp_path), Namespace(size=SIZE, margin=-0.1, detector="haar"), "cpu")
