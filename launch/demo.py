@@ -114,9 +114,11 @@ def main(argv=None) -> int:
                CONFIGS["finetune"], f"model.encoder={runs['pretrain'] / 'export' / 'encoder'}",
                f"run.output_dir={runs['finetune']}", *quick["finetune"],
                headline=lambda: headlines.finetune(runs["finetune"]))
-    # no data / store / data.store: the built-in videos, and their feature store beside them
+    # no data / store / data.store: the built-in videos, and their feature store beside them; faces
+    # cropped as the face shards were, so the encoder sees them as in its stage-2 evaluation
     demo.stage("extract", "stage 3a: faces, visual, audio and text features", "eri_downstream/extract.py", "all",
                "--config", CONFIGS["extract"], f"encoder={runs['finetune'] / 'best' / 'encoder'}",
+               f"size={builtin_data.SHARD_SIZE}",
                headline=lambda: headlines.store(data / "features"))
     demo.stage("eri", "stage 3b: ERI model", "eri_downstream/train.py", "--config", CONFIGS["eri"],
                f"run.output_dir={runs['eri']}", *quick["eri"], headline=lambda: headlines.eri(runs["eri"]))
