@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from shared.config_fields import one_of, ranged
+from shared.face_crop import FaceCrop
 from shared.training.config import OptimConfig, RunConfig
 
 
@@ -83,8 +84,10 @@ class ExtractConfig:
     overwrite: bool = False  # redo finished videos too
     detector: str = "mtcnn"  # face detector: mtcnn | haar (eri_downstream/faces.py DETECTORS)
     fps: float = ranged(6.0, gt=0)  # face frames kept per second of video
-    size: int = ranged(224, ge=1)  # face crop side, pixels
-    margin: float = ranged(0.2, ge=0)  # margin around the face box, a share of its side
+    # face crops as face-shards makes them (shared/face_crop.py), so the frozen encoder sees faces
+    # framed as in its stage-2 evaluation: keep both equal to the encoder's shards
+    size: int = ranged(FaceCrop.size, ge=1)  # face crop side, pixels
+    margin: float = ranged(FaceCrop.margin, ge=0)  # margin around the face box, a share of its side
     # visual: the stage-2 (or stage-1) export folder, e.g. runs/.../best/encoder (a timm folder)
     encoder: str | None = None
     batch_size: int = ranged(32, ge=1)  # frames per detector / encoder batch

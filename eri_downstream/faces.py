@@ -12,6 +12,8 @@ Stored format, one uncompressed tar per video (readable with `tarfile` + `json` 
                       detector      name of the detector backend ("mtcnn", "haar")
                       size, margin  crop side in pixels; margin per edge, as a fraction of the
                                     face box's longer side
+                      resample      the crop's resampler (shared.face_crop; "bilinear" in tracks
+                                    written before it was recorded)
                       source_fps    frame rate of the video
                       times         seconds (presentation time) of each kept frame
                       frame_indices decoding-order number of each kept frame in the video
@@ -42,6 +44,8 @@ from PIL import Image
 from eri_downstream.video import VideoError, VideoReader, decode_frames  # noqa: F401 - decode_frames: public here too
 from shared.atomic import atomic_open
 from shared.errors import RunError, UserError
+from shared.face_crop import FaceCrop
+from shared.face_crop import crop_face as crop_to_contract
 from shared.pixels import open_rgb
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
@@ -169,18 +173,11 @@ def track_subject(detections: list[list[Detection]], frame_size: tuple[int, int]
     return [kept.get(i) for i in range(len(detections))]
 
 
-def crop_face(frame: np.ndarray, box: Box, size: int = 224, margin: float = 0.2) -> np.ndarray:
-    """Square crop (size x size x 3 uint8) centred on the box, its longer side plus `margin` of it
-    on each edge; parts outside the frame are black, so the face is never stretched or shifted."""
-    side = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin)
-    cx, cy = _centre(box)
-    left, top, n = round(cx - side / 2), round(cy - side / 2), max(round(side), 1)
-    canvas = np.zeros((n, n, 3), np.uint8)
-    h, w = frame.shape[:2]
-    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + n, w), min(top + n, h)
-    if x1 > x0 and y1 > y0:
-        canvas[y0 - top:y1 - top, x0 - left:x1 - left] = frame[y0:y1, x0:x1]
-    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.BILINEAR))
+def crop_face(frame: np.ndarray, box: Box, spec: FaceCrop = FaceCrop()) -> np.ndarray:
+    """The face-preprocessing contract's crop (shared.face_crop, as face-shards makes for stages 1
+    and 2) of an HxWx3 uint8 frame and a detector box (x1, y1, x2, y2): spec.size x spec.size x 3
+    uint8, centred on the box; parts outside the frame are black."""
+    return np.asarray(crop_to_contract(frame, box, spec))
 
 
 def nearest_detected(detected: list[bool]) -> list[int]:
@@ -203,16 +200,17 @@ class FaceTrack:
     detector: str
     margin: float = 0.2
     damage: str | None = None  # where decoding of a damaged video stopped, if it did
+    resample: str = FaceCrop.resample
 
     @property
     def size(self) -> int:
         return int(self.crops.shape[1])
 
 
-def _no_face(size: int, margin: float, source_fps: float, detector: str, damage: str | None) -> FaceTrack:
-    return FaceTrack(np.zeros((0, size, size, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64),
+def _no_face(spec: FaceCrop, source_fps: float, detector: str, damage: str | None) -> FaceTrack:
+    return FaceTrack(np.zeros((0, spec.size, spec.size, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64),
                      np.zeros((0, 4)), np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int64),
-                     "no-face", source_fps, detector, margin, damage)
+                     "no-face", source_fps, detector, spec.margin, damage, spec.resample)
 
 
 def _detect_all(reader: VideoReader, detector: Detector, batch_size: int
@@ -234,18 +232,20 @@ def _detect_all(reader: VideoReader, detector: Detector, batch_size: int
 
 
 def extract_faces(video_path: str | Path, detector: Detector, *, fps: float | None = None,
-                  size: int = 224, margin: float = 0.2, batch_size: int = 32) -> FaceTrack:
-    """Detect in batches, track the main subject, crop; frames without it get the nearest detected
+                  size: int = FaceCrop.size, margin: float = FaceCrop.margin, batch_size: int = 32) -> FaceTrack:
+    """Detect in batches, track the main subject, crop (shared.face_crop's contract, `size` and
+    `margin`, the same crops face-shards makes); frames without it get the nearest detected
     frame's crop. Two decoding passes keep memory to one batch of frames plus the crops. A damaged
     video gives the frames that decode, and the track's `damage` says where decoding stopped."""
+    spec = FaceCrop(size=size, margin=margin)
     reader = VideoReader(video_path, fps)
     indices, times, detections, frame_size = _detect_all(reader, detector, batch_size)
     damage = reader.damage
     boxes = track_subject(detections, frame_size)
     detected = [b is not None for b in boxes]
     if not any(detected):
-        return _no_face(size, margin, reader.source_fps, detector.name, damage)
-    crops = {pos: crop_face(image, boxes[pos], size, margin)
+        return _no_face(spec, reader.source_fps, detector.name, damage)
+    crops = {pos: crop_face(image, boxes[pos], spec)
              for pos, (_, _, image) in enumerate(reader) if detected[pos]}
     source = nearest_detected(detected)
     return FaceTrack(
@@ -254,12 +254,13 @@ def extract_faces(video_path: str | Path, detector: Detector, *, fps: float | No
         boxes=np.array([b if b is not None else (np.nan,) * 4 for b in boxes], np.float64),
         scores=np.array([dict(dets)[b] if b is not None else 0.0 for dets, b in zip(detections, boxes)]),
         detected=np.asarray(detected), filled_from=np.array([-1 if d else j for d, j in zip(detected, source)]),
-        status="ok", source_fps=reader.source_fps, detector=detector.name, margin=margin, damage=damage)
+        status="ok", source_fps=reader.source_fps, detector=detector.name, margin=margin, damage=damage,
+        resample=spec.resample)
 
 
 def _metadata(track: FaceTrack) -> dict:
     return {"format": FORMAT, "status": track.status, "detector": track.detector, "size": track.size,
-            "margin": track.margin, "source_fps": track.source_fps, "times": track.times.tolist(),
+            "margin": track.margin, "resample": track.resample, "source_fps": track.source_fps, "times": track.times.tolist(),
             "frame_indices": track.frame_indices.tolist(),
             "boxes": [None if np.isnan(b).any() else b for b in track.boxes.tolist()],
             "scores": track.scores.tolist(), "detected": track.detected.tolist(),
@@ -304,4 +305,5 @@ def load_face_track(path: str | Path) -> FaceTrack:
         boxes=np.array([b if b is not None else [np.nan] * 4 for b in meta["boxes"]], np.float64).reshape(-1, 4),
         scores=np.asarray(meta["scores"], np.float64), detected=np.asarray(meta["detected"], bool),
         filled_from=np.asarray(meta["filled_from"], np.int64), status=meta["status"],
-        source_fps=meta["source_fps"], detector=meta["detector"], margin=meta["margin"], damage=meta.get("damage"))
+        source_fps=meta["source_fps"], detector=meta["detector"], margin=meta["margin"], damage=meta.get("damage"),
+        resample=meta.get("resample", "bilinear"))

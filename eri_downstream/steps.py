@@ -83,6 +83,11 @@ def save_features(store: FeatureStore, step: str, file_id: str, features: torch.
 
 def faces_step(store: FeatureStore, args, device) -> Step:
     from eri_downstream.faces import extract_faces, make_detector, save_face_track
+    from shared.face_crop import FaceCrop
+    try:  # bad values stop here, before any video is read
+        FaceCrop(size=args.size, margin=args.margin)
+    except ValueError as err:
+        raise UserError(f"face crop: {err}") from None
     detector = make_detector(args.detector, device=device)
 
     def work(entry: VideoEntry) -> str:
@@ -108,12 +113,14 @@ def visual_step(store: FeatureStore, args, device) -> Step:
     encode = FrameEncoder(folder, device)
     weights = [p for p in sorted(folder.iterdir()) if p.suffix == ".safetensors"] + [folder / "config.json"]
     fingerprint = fingerprint_files(*weights)
+    # a cache made with other frame preprocessing (or before it was recorded) is made again
+    current = dict(fingerprint=fingerprint, preprocess=encode.preprocess.describe())
 
     def work(entry: VideoEntry) -> str:
         if not store.faces(entry.file_id).is_file():
             raise FileNotFoundError("no face track: run the faces step first")
         track = load_face_track(store.faces(entry.file_id))
-        meta = dict(source=str(folder), fingerprint=fingerprint)
+        meta = dict(source=str(folder), **current)
         if track.status != "ok":
             save_features(store, "visual", entry.file_id, torch.zeros(1, encode.info.embed_dim),
                           status=track.status, **meta)
@@ -122,7 +129,7 @@ def visual_step(store: FeatureStore, args, device) -> Step:
         features = torch.cat([encode(batch) for batch in frames.split(args.batch_size)])  # (T, D)
         save_features(store, "visual", entry.file_id, features, status="ok", **meta)
         return "ok"
-    return Step(lambda e: store.is_current("visual", e.file_id, fingerprint=fingerprint), work)
+    return Step(lambda e: store.is_current("visual", e.file_id, **current), work)
 
 
 def audio_step(store: FeatureStore, args, device) -> Step:

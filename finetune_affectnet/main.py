@@ -73,6 +73,7 @@ def main(argv=None) -> int:
         model.encoder.set_grad_checkpointing(True)
     mean, std = tuple(cfg.data.mean or info.mean), tuple(cfg.data.std or info.std)
     image_size = cfg.data.image_size or info.input_size[-1]
+    evaluated = dict(crop_pct=cfg.data.crop_pct, interpolation=cfg.data.interpolation)  # recorded in the exports
     micro, accum, samples_per_step = split_global_batch(cfg.data.global_batch, acc.num_processes,
                                                         cfg.data.batch_size, cfg.optim.grad_accum)
     train_stream, val_stream = build_streams(cfg.data, image_size=image_size, mean=mean, seed=cfg.run.seed,
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
                  report["top1"], report["balanced_accuracy"], report["macro_f1"])
         if report[cfg.eval.metric] > best["value"]:
             best.update(value=report[cfg.eval.metric], step=step)
-            export_classifier(net, info, run_dir / "best", class_names=class_names, mean=mean, std=std,
+            export_classifier(net, info, run_dir / "best", class_names=class_names, mean=mean, std=std, **evaluated,
                               extra={"step": step, "metric": cfg.eval.metric, "config": resolved})
             rgb = save_report(report, run_dir / "best", predictions=predicted[chosen],
                               title=f"best: {cfg.eval.metric} {report[cfg.eval.metric]:.3f} at step {step}")
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
             evaluate(step)
         net = trained()
         if acc.is_main_process:
-            export_classifier(net, info, run_dir / "export", class_names=class_names, mean=mean, std=std,
+            export_classifier(net, info, run_dir / "export", class_names=class_names, mean=mean, std=std, **evaluated,
                               extra={"step": step, "config": resolved})
             log.info("best %s %.4f at step %s (run_dir/best); final weights exported to %s", cfg.eval.metric,
                      best["value"], best.get("step"), run_dir / "export")

@@ -156,14 +156,16 @@ def param_groups(model: ExpressionClassifier, *, weight_decay: float, layer_deca
 
 
 def export_classifier(model: ExpressionClassifier, info: EncoderInfo, out_dir, *, class_names,
-                      mean, std, extra: dict | None = None) -> Path:
-    """OUT/encoder (timm folder, the encoder's pooling, `mean`/`std`) + OUT/head.safetensors."""
+                      mean, std, crop_pct: float, interpolation: str, extra: dict | None = None) -> Path:
+    """OUT/encoder (timm folder, the encoder's pooling) + OUT/head.safetensors. The folder's
+    pretrained_cfg records the evaluation preprocessing the run scored with (`mean`, `std`, the
+    centre `crop_pct` and `interpolation` at the encoder's input size), which stage 3 applies."""
     out = Path(out_dir)
     if len(class_names) != model.num_classes:
         raise UserError(f"{len(class_names)} class names for {model.num_classes} classes")
     args = {**info.model_args, "global_pool": info.pool, "num_classes": 0}
     save_timm_folder(model.encoder, out / "encoder", architecture=info.architecture, model_args=args,
-                     mean=mean, std=std)
+                     mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
     meta = {"head_format": HEAD_FORMAT, "kind": model.kind, "class_names": list(class_names),
             "num_classes": model.num_classes, "embed_dim": model.embed_dim,
             "hidden_dim": model.hidden_dim, "dropout": model.dropout, "pool": info.pool,

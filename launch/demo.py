@@ -116,9 +116,11 @@ def main(argv=None) -> int:
                CONFIGS["finetune"], f"model.encoder={runs['pretrain'] / 'export' / 'encoder'}",
                f"run.output_dir={runs['finetune']}", *quick["finetune"],
                headline=lambda: headlines.finetune(runs["finetune"]))
-    # no data / store / data.store: the built-in videos, and their feature store beside them
+    # no data / store / data.store: the built-in videos, and their feature store beside them; faces
+    # cropped as the face shards were, so the encoder sees them as in its stage-2 evaluation
     demo.stage("extract", "stage 3a: faces, visual, audio and text features", "eri_downstream/extract.py", "all",
-               "--config", CONFIGS["extract"], f"encoder={runs['finetune'] / 'best' / 'encoder'}", f"task={args.task}",
+               "--config", CONFIGS["extract"], f"encoder={runs['finetune'] / 'best' / 'encoder'}",
+               f"size={builtin_data.SHARD_SIZE}", f"task={args.task}",
                headline=lambda: headlines.store(data / builtin_data.FEATURES[args.task]))
     demo.stage("eri", f"stage 3b: {args.task.upper()} model", "eri_downstream/train.py", "--config", CONFIGS["eri"],
                f"run.output_dir={runs['eri']}", f"task={args.task}", *quick["eri"],

@@ -113,18 +113,29 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def export_mae(mae: MaskedAutoencoder, out_dir, *, mean, std, config: dict | None = None,
-               full: bool = True) -> Path:
+def export_mae(mae: MaskedAutoencoder, out_dir, *, mean, std, interpolation: str = "bicubic",
+               config: dict | None = None, full: bool = True) -> Path:
     """OUT/encoder (timm folder) and, when `full`, OUT/mae.safetensors; `config` (e.g. the
-    training configuration) is stored in the full file's metadata. Returns OUT."""
+    training configuration) is stored in the full file's metadata. Returns OUT. The folder's
+    pretrained_cfg records the preprocessing the MAE trained with: whole stored face crops
+    (crop_pct 1.0) resized to its input with `interpolation`, normalised with `mean` / `std`."""
     out = Path(out_dir)
     cfg = encoder_config(mae)
     save_timm_folder(mae_encoder(mae), out / "encoder", architecture=cfg["architecture"],
-                     model_args=cfg["model_args"], mean=mean, std=std, extra_cfg={"tag": mae.model_name})
+                     model_args=cfg["model_args"], mean=mean, std=std, crop_pct=1.0, interpolation=interpolation,
+                     extra_cfg={"tag": mae.model_name})
     if full:
         extra = {"training_config": config} if config is not None else {}
         save_mae(mae, out / "mae.safetensors", mean=list(mean), std=list(std), **extra)
     return out
+
+
+def _trained_interpolation(meta: dict) -> str:
+    """The resize interpolation of the training configuration a checkpoint carries (a dict from a
+    training state, JSON text in a save_mae file); bicubic, the MAE recipe's, when it has none."""
+    config = meta.get("training_config") or {}
+    config = json.loads(config) if isinstance(config, str) else config
+    return (config.get("data") or {}).get("interpolation", "bicubic")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     mean = args.mean or json.loads(meta.get("mean", "null")) or IMAGENET_MEAN
     std = args.std or json.loads(meta.get("std", "null")) or IMAGENET_STD
     full = report is None or not report.encoder_only  # an encoder-only file has no decoder to save
-    out = export_mae(mae, args.out, mean=mean, std=std, config=meta.get("training_config"), full=full)
+    out = export_mae(mae, args.out, mean=mean, std=std, interpolation=_trained_interpolation(meta),
+                     config=meta.get("training_config"), full=full)
     print(f"{args.checkpoint}: " + (report.summary() if report else "full MAE, rebuilt from its metadata"))
     print(f"encoder -> {out / 'encoder'} (timm.create_model('local-dir:{out / 'encoder'}', pretrained=True))")
     print(f"full MAE -> {out / 'mae.safetensors'}" if full else

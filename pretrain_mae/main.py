@@ -166,7 +166,8 @@ def main(argv=None) -> int:
                     step - start_step, cfg.stop_after, step, total_steps, checkpointer.latest())
     final = gathered(acc, model, build) if step >= total_steps else None
     if final is not None:
-        out = export_mae(final, run_dir / "export", mean=cfg.data.mean, std=cfg.data.std, config=resolved)
+        out = export_mae(final, run_dir / "export", mean=cfg.data.mean, std=cfg.data.std,
+                         interpolation=cfg.data.interpolation, config=resolved)
         log.info("exported the encoder (timm folder) and the full MAE to %s", out)
         write_record(cfg, resolved, run_dir, step)
     acc.wait_for_everyone()

@@ -176,11 +176,19 @@ def test_full_mae_safetensors_round_trip(tmp_path, mae, batch):
 
 
 def test_export_mae_after_training(tmp_path, mae, batch):
-    out = export_mae(mae, tmp_path / "export", mean=MEAN, std=STD, config={"optim": {"lr": 1e-3}})
+    trained = {"optim": {"lr": 1e-3}, "data": {"interpolation": "bilinear"}}
+    out = export_mae(mae, tmp_path / "export", mean=MEAN, std=STD, interpolation="bilinear", config=trained)
     _, meta = read_safetensors(out / "mae.safetensors")
-    assert json.loads(meta["training_config"]) == {"optim": {"lr": 1e-3}}
+    assert json.loads(meta["training_config"]) == trained
     assert same_outputs(load_mae_safetensors(out / "mae.safetensors"), mae, *batch)
     assert tuple(load_timm_folder(out / "encoder").pretrained_cfg["mean"]) == MEAN
+    # what it trained on: whole stored crops resized with the run's interpolation, recorded for stage 3
+    cfg = json.loads((out / "encoder" / "config.json").read_text())["pretrained_cfg"]
+    assert (cfg["crop_pct"], cfg["interpolation"], cfg["input_size"]) == (1.0, "bilinear", [3, *mae.patch_embed.img_size])
+    # the command reads the interpolation from the training configuration the full file carries
+    assert run_cli(main, [str(out / "mae.safetensors"), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "encoder" / "config.json").read_text())["pretrained_cfg"]
+    assert (again["crop_pct"], again["interpolation"]) == (1.0, "bilinear")
 
 
 def test_export_cli(tmp_path, mae, batch, capsys):

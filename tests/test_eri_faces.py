@@ -17,8 +17,10 @@ from eri_downstream.faces import (DETECTORS, FaceTrack, MTCNNDetector, VideoErro
                                   extract_faces, load_face_track, make_detector, nearest_detected,
                                   save_face_track, track_subject)
 from shared.errors import UserError
+from shared.face_crop import FaceCrop
 
 W, H, FPS, T = 200, 160, 6, 12
+S = FaceCrop.size  # extract_faces' default crop side: face-shards'
 GAP = range(4, 8)  # frames of the "gap" video where the face is gone
 # face photos cropped around the face, and the face box inside that crop (x1, y1, x2, y2), measured
 # once with MTCNN on the full photos
@@ -107,7 +109,7 @@ def test_decode_keeps_every_frame_or_samples_at_fps(videos):
 def test_mtcnn_finds_and_tracks_the_moving_face(tracks, videos):
     track, truth = tracks["moving"], videos["moving"][1]
     assert track.status == "ok" and track.detector == "mtcnn" and track.detected.sum() >= T - 2
-    assert track.crops.shape == (T, 224, 224, 3) and track.crops.dtype == np.uint8
+    assert track.crops.shape == (T, S, S, 3) and track.crops.dtype == np.uint8
     for box, true, hit in zip(track.boxes, truth, track.detected):
         assert not hit or iou(box, true) > 0.5
     assert np.all(track.scores[track.detected] > 0.9) and np.array_equal(track.frame_indices, np.arange(T))
@@ -130,7 +132,7 @@ def test_missing_frames_are_filled_from_the_nearest_detection(tracks, videos):
 
 def test_a_video_without_faces_is_a_status_not_an_error(tracks, tmp_path):
     track = tracks["noise"]
-    assert track.status == "no-face" and track.crops.shape == (0, 224, 224, 3)
+    assert track.status == "no-face" and track.crops.shape == (0, S, S, 3)
     save_face_track(track, tmp_path / "noise.tar")
     assert load_face_track(tmp_path / "noise.tar").status == "no-face"
 
@@ -142,14 +144,15 @@ def test_tar_round_trip_and_plain_reading(tracks, tmp_path):
     back = load_face_track(path)
     for field in ("times", "frame_indices", "boxes", "scores", "detected", "filled_from"):
         np.testing.assert_array_equal(getattr(back, field), getattr(track, field))
-    assert (back.status, back.source_fps, back.detector, back.margin, back.size) == ("ok", FPS, "mtcnn", 0.2, 224)
+    assert (back.status, back.source_fps, back.detector, back.margin, back.size) == ("ok", FPS, "mtcnn", 0.2, S)
+    assert back.resample == "bicubic"
     assert np.abs(back.crops.astype(int) - track.crops).mean() < 3
     with tarfile.open(path) as tar:  # without the project's code
         names = tar.getnames()
         meta = json.load(tar.extractfile("track.json"))
         first = Image.open(io.BytesIO(tar.extractfile("000000.jpg").read()))
     assert names == ["track.json"] + [f"{i:06d}.jpg" for i in range(T)]
-    assert meta["format"] == "face-track/1" and meta["boxes"][4] is None and first.size == (224, 224)
+    assert meta["format"] == "face-track/1" and meta["boxes"][4] is None and first.size == (S, S)
 
 
 def test_tracking_rule_on_synthetic_detections():
@@ -164,7 +167,7 @@ def test_tracking_rule_on_synthetic_detections():
 
 def test_crop_is_square_padded_and_centred():
     frame = np.full((100, 100, 3), 200, np.uint8)
-    crop = crop_face(frame, (0, 0, 40, 20), size=64, margin=0.25)  # square side 60 centred at (20, 10)
+    crop = crop_face(frame, (0, 0, 40, 20), FaceCrop(size=64, margin=0.25))  # square side 60 centred at (20, 10)
     assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
     assert crop[:15].max() == 0 and crop[:, :8].max() == 0 and crop[40, 40].min() == 200
 

@@ -144,6 +144,20 @@ def test_exported_encoder_loads_through_timm_and_the_stage3_loader(tiny_encoder,
     assert tuple(info.mean) == (0.5, 0.5, 0.5)
 
 
+def test_exports_record_the_evaluation_preprocessing_stage3_applies(tiny_encoder, expression_shards, tmp_path):
+    from eri_downstream.visual import FrameEncoder
+    out = tmp_path / "run"
+    run_stage(SCRIPT, *tiny(out, tiny_encoder, expression_shards, "run.total_steps=2", "eval.every=0",
+                            "run.save_every=100", "data.crop_pct=0.75", "data.interpolation=bilinear"))
+    for export in ("best", "export"):
+        cfg = json.loads((out / export / "encoder" / "config.json").read_text())["pretrained_cfg"]
+        assert (cfg["input_size"], cfg["crop_pct"], cfg["crop_mode"], cfg["interpolation"]) == \
+            ([3, 32, 32], 0.75, "center", "bilinear")
+        assert (cfg["mean"], cfg["std"]) == ([0.5] * 3, [0.25] * 3)
+    prepared = FrameEncoder(out / "export" / "encoder", torch.device("cpu")).preprocess
+    assert (prepared.crop_pct, prepared.interpolation, prepared.input_size) == (0.75, "bilinear", (3, 32, 32))
+
+
 def test_linear_probe_leaves_the_encoder_untouched(tiny_encoder, expression_shards, tmp_path):
     from safetensors.torch import load_file
     out = tmp_path / "probe"

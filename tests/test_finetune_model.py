@@ -198,7 +198,8 @@ def test_export_round_trip(specs, tmp_path, linear_probe):
         model.train()(_images(8, seed=5))
     model.eval()
     out = export_classifier(model, info, tmp_path / "export", class_names=CLASSES,
-                            mean=FACE_MEAN, std=FACE_STD, extra={"val_top1": 0.5})
+                            mean=FACE_MEAN, std=FACE_STD, crop_pct=0.875, interpolation="bicubic",
+                            extra={"val_top1": 0.5})
     loaded = load_classifier(out)
     x = _images(5, seed=2)
     with torch.no_grad():
@@ -222,7 +223,7 @@ def test_export_round_trip(specs, tmp_path, linear_probe):
 def test_token_pool_from_an_avg_export_is_refused(specs, tmp_path):
     model, info = build_classifier(specs["folder"], 7)
     out = export_classifier(model, info, tmp_path / "export", class_names=CLASSES,
-                            mean=FACE_MEAN, std=FACE_STD)
+                            mean=FACE_MEAN, std=FACE_STD, crop_pct=1.0, interpolation="bicubic")
     with pytest.raises(UserError, match="average pooling"):
         load_encoder(out / "encoder", pool="token")
     encoder, again = load_encoder(out / "encoder", pool="avg")  # fc_norm comes back trained

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from shared.shards.crop import square_around
+from shared.face_crop import face_square, xywh_to_xyxy
 from shared.shards.items import sample_key
 from shared.shards.sources import SOURCES
 from shared.shards.writer import build_shards
@@ -45,7 +45,7 @@ def _plant(tmp_path):
 
     # 2) the face cropped out of the photo and filed under a new CASIA identity at 250x250
     img = Image.open(images / path_c)
-    square = square_around(face_c["box"], SMALL.margin, *img.size)
+    square = face_square(xywh_to_xyxy(face_c["box"]), SMALL.margin, *img.size)
     crop = img.convert("RGB").crop(tuple(round(v) for v in square)).resize((250, 250), Image.BICUBIC)
     (casia.image_dir / "9999999").mkdir()
     (casia.image_dir / "9999999" / "001.jpg").write_bytes(_reencoded(crop, 85, 0.97))

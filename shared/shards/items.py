@@ -27,7 +27,7 @@ class Item:
     file: str  # the file holding the image bytes
     offset: int | None = None  # byte offset of a RecordIO record inside `file`; with `column`, the row
     column: str | None = None  # image column of a Hugging Face Arrow `file` (sources.hf)
-    box: tuple[float, float, float, float] | None = None  # x, y, w, h in image pixels
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in image pixels (shared.face_crop)
     meta: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # where the dataset lists it ("training.csv line 12"), for reject details
 

@@ -6,6 +6,8 @@ Format `face-shards/1`, plain JSON so tools outside the suite can read it:
       "format": "face-shards/1",
       "source": "affectnet",                      # also the prefix of every sample key
       "settings": {"size": 256, "margin": 0.2, "quality": 95, "shard_size": 1000, "seed": 0},
+      "face_crop": {"size": 256, "margin": 0.2, "resample": "bicubic",   # shared.face_crop's contract
+                    "square": "longer-side", "box": "xyxy"},
       "created_by": {"package": ..., "version": ..., "git_commit": ...},
       "root": "/data/AffectNet",                  # the raw dataset converted
       "inputs": {"training.csv": "<sha256>", ...},  # list files read
@@ -22,8 +24,9 @@ Format `face-shards/1`, plain JSON so tools outside the suite can read it:
     }
 
 Each sample in a shard is `<key>.jpg` (the square face crop) and `<key>.json` (metadata:
-source, split, path, crop_box, orig_size and the dataset's labels); AffectNet samples also
-carry `<key>.cls` (the expression code) for webdataset's usual label convention.
+source, split, path, box (the dataset's face box as x0, y0, x1, y1, or None), crop_box,
+orig_size and the dataset's labels); AffectNet samples also carry `<key>.cls` (the expression
+code) for webdataset's usual label convention.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from . import manifest as mf
 from . import recordio
 from .crop import crop_face
+from ..face_crop import FaceCrop
 from .items import Item, Reject, Scan
 from ..errors import UserError
 from ..pixels import UnsupportedPixels
@@ -44,6 +45,11 @@ class ShardSettings:
     quality: int = 95  # JPEG quality of the stored crops
     shard_size: int = 1000  # planned items per shard
     seed: int = 0  # shuffles the items before sharding
+
+    @property
+    def face_crop(self) -> FaceCrop:
+        """The face-preprocessing contract these crops follow (recorded in the manifest)."""
+        return FaceCrop(size=self.size, margin=self.margin)
 
 
 @dataclass
@@ -137,7 +143,7 @@ def encode_item(item: Item, settings: ShardSettings) -> tuple[Item, dict | None,
     except (OSError, recordio.RecordIOError) as err:
         return item, None, Reject(item.path, item.split, "unreadable-image", str(err))
     try:
-        jpg, square, orig = crop_face(data, item.box, settings.margin, settings.size, settings.quality)
+        jpg, square, orig = crop_face(data, item.box, settings.face_crop, settings.quality)
     except UnsupportedPixels as err:
         return item, None, Reject(item.path, item.split, "unsupported-pixels", str(err))
     except Exception as err:  # noqa: BLE001 - any decoder failure means this one image is unusable
@@ -192,6 +198,10 @@ def _reusable_shards(out: Path, scan: Scan, settings: ShardSettings, planned: li
     if old.get("source") != scan.source or old.get("settings") != asdict(settings):
         raise UserError(f"{out}: holds {old.get('source')} shards made with settings {old.get('settings')}, "
                         f"not {asdict(settings)}; choose another --out or pass --overwrite")
+    crop = asdict(settings.face_crop)  # a manifest without one predates it: the same framing and resampler
+    if old.get("face_crop", crop) != crop:
+        raise UserError(f"{out}: holds shards cropped as {old['face_crop']}, not {crop}; "
+                        "choose another --out or pass --overwrite")
     read = old.get("dataset", {})
     if read != scan.info:  # another label map, column, held-out split or dataset version: other samples
         changed = sorted(k for k in {**read, **scan.info} if read.get(k) != scan.info.get(k))
@@ -213,6 +223,7 @@ def _new_manifest(scan: Scan, settings: ShardSettings) -> dict:
         "format": mf.FORMAT,
         "source": scan.source,
         "settings": asdict(settings),
+        "face_crop": asdict(settings.face_crop),
         "created_by": code_version(),
         "root": str(scan.root),
         "inputs": {str(p.relative_to(scan.root)) if p.is_relative_to(scan.root) else str(p): sha256_file(p)

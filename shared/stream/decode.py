@@ -88,14 +88,20 @@ def decode_image(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.array(open_rgb(data))).permute(2, 0, 1)
 
 
+def centre_crop_box(width: int, height: int, crop_pct: float) -> tuple[int, int, int, int]:
+    """(left, top, side, side): the centred square, `crop_pct` of the shorter side, that evaluation
+    resizes to the encoder's input (stage 2's validation and stage 3's frame encoder alike)."""
+    side = round(min(width, height) * crop_pct)
+    return (width - side) // 2, (height - side) // 2, side, side
+
+
 def draw_geometry(width: int, height: int, aug: Augment, rng: random.Random) -> tuple[tuple[int, int, int, int], bool]:
     """The crop box (left, top, w, h) and the horizontal flip of one image, drawn from `rng` in
     the order `augment_image` always drew them (crop, then flip): both decode paths agree."""
     if aug.kind in ("mae", "finetune"):
         box = random_resized_crop(width, height, aug.scale, aug.ratio, rng)
     elif aug.kind == "eval":
-        side = round(min(width, height) * aug.crop_pct)
-        box = ((width - side) // 2, (height - side) // 2, side, side)
+        box = centre_crop_box(width, height, aug.crop_pct)
     else:  # resize, none: the whole image
         box = (0, 0, width, height)
     flip = aug.kind in ("mae", "finetune", "resize") and rng.random() < aug.hflip

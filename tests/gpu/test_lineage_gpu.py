@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from shared.builtin_data import SHARD_SIZE
+
 from .gpu_utils import COMPILE_BACKEND, DEVICE, DRY_RUN, launch, metrics, record, requires_gpu
 
 pytestmark = requires_gpu
@@ -111,7 +113,7 @@ def test_stage2_fine_tunes_on_the_gpu_and_exports(stage2_run):
 @pytest.fixture(scope="module")
 def store(stage2_run, builtin):
     """Stage 3a on the built-in reaction videos: MTCNN and the frozen stage-2 encoder on the device."""
-    launch("eri_downstream/extract.py", "all", f"encoder={stage2_run / 'best' / 'encoder'}", "size=64")
+    launch("eri_downstream/extract.py", "all", f"encoder={stage2_run / 'best' / 'encoder'}", f"size={SHARD_SIZE}")
     return builtin / "features"
 
 

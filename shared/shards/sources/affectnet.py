@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..items import Item, Reject, Scan, find_dir, require_file, sample_key
 from ...errors import UserError
+from ...face_crop import xywh_to_xyxy
 from ...tables import csv_rows, is_header
 
 SOURCE = "affectnet"
@@ -100,13 +101,14 @@ def _parse_row(row: list[str], split: str, images: Path, line: int = 0):
 
 
 def _box(fields: list[str]):
+    """face_x, face_y, face_width, face_height -> (x0, y0, x1, y1), or None for a missing box."""
     try:
         x, y, w, h = (float(v) for v in fields)
     except ValueError:  # empty fields
         return None
     if any(math.isnan(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
         return None
-    return x, y, w, h
+    return xywh_to_xyxy((x, y, w, h))
 
 
 def _landmarks(field: str):

@@ -34,6 +34,7 @@ from typing import Any
 from .hf_labels import Labeller, as_json, check_mapped, parse_label_map
 from ..items import Item, Reject, Scan, sample_key
 from ...errors import UserError
+from ...face_crop import xywh_to_xyxy
 
 HOLDOUT_NAMES = ("test", "validation", "valid", "val", "eval", "dev")
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
@@ -241,7 +242,8 @@ def read_image(item: Item) -> tuple[bytes, dict]:
 
 
 def _box(value: Any) -> tuple[tuple[float, float, float, float] | None, str | None]:
-    """(box, None) with box None for a missing one; (None, why) for a malformed one."""
+    """A cell [x, y, width, height] -> ((x0, y0, x1, y1), None); (None, None) for a missing box,
+    (None, why) for a malformed one."""
     if value is None:
         return None, None
     try:
@@ -252,7 +254,7 @@ def _box(value: Any) -> tuple[tuple[float, float, float, float] | None, str | No
         return None, None
     if w <= 0 or h <= 0 or not all(math.isfinite(v) for v in (x, y, w, h)):
         return None, f"{[x, y, w, h]} has no area"
-    return (x, y, w, h), None
+    return xywh_to_xyxy((x, y, w, h)), None
 
 
 def _source_name(name: str | None, location: str) -> str:

@@ -106,8 +106,9 @@ def _scan_part(part: str, mat: Path, folder: Path, root: Path):
         if meta["age"] is None:  # the face is kept; the label is missing, and counted
             meta["age_missing"] = (f"birth {meta['dob']}, photo {taken}: impossible age" if born else
                                    f"dob {float(fields['dob'][i])!r} is not a date")
+        # face_location is already (x0, y0, x1, y1), the contract's box (shared.face_crop)
         yield Item(sample_key(SOURCE, relpath), "train", relpath, str(root / relpath),
-                   box=(x1, y1, x2 - x1, y2 - y1), meta=meta, origin=f"{mat.name} entry {i + 1}"), None
+                   box=(x1, y1, x2, y2), meta=meta, origin=f"{mat.name} entry {i + 1}"), None
 
 
 def _text(cell) -> str:
