@@ -14,6 +14,7 @@ import yaml
 from eri_downstream.config import ERIConfig, ExtractConfig
 from finetune_affectnet.config import FinetuneConfig
 from pretrain_mae.config import PretrainConfig
+from shared.builtin_data import SHARD_SIZE
 from run_utils import ROOT
 from shared.config import load_config, to_dict
 from shared.config_fields import describe, field_docs
@@ -145,7 +146,7 @@ def test_print_config_on_every_stage_prints_the_resolved_config_and_does_nothing
     assert printed["stage"] in ("pretrain_mae", "finetune_affectnet", "eri_extract", "eri_train")
     assert list(tmp_path.iterdir()) == []  # no run folder, no store: nothing was done
     if command == "affect-extract":
-        assert printed["fps"] == 5.0 and printed["size"] == 64  # the flag and the file
+        assert printed["fps"] == 5.0 and printed["size"] == SHARD_SIZE  # the flag and the file (the demo's)
     helped = subprocess.run([sys.executable, args[0], "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0 and "--print-config" in helped.stdout
 
@@ -176,6 +177,6 @@ def test_stage_3a_takes_a_config_file_flags_and_overrides_and_leaves_its_configu
     saved = store / "table_config.yaml"
     cfg = load_config(ExtractConfig, saved)  # the run's configuration, loadable as a config of stage 3a
     assert (cfg.data, cfg.store, cfg.splits, cfg.size, cfg.fps) == (str(planted.root), str(store), ["train", "val"],
-                                                                     64, 2.0)  # key=value wins over the flag
+                                                                     SHARD_SIZE, 2.0)  # key=value wins over the flag
     assert yaml.safe_load(saved.read_text())["stage"] == "eri_extract"
     assert (store / "videos.csv").read_text().count("\n") == 1 + 4  # the train and val videos only
