@@ -29,7 +29,7 @@ def inputs(cfg, run_dir: Path) -> dict:
             found[f"shards.{name}"] = {**entry, "share": shares[name] / (sum(shares.values()) or 1.0)}
     if cfg.model.init:
         found["init"] = encoder_input(cfg.model.init, run_dir)
-    for i, path in enumerate(cfg.data.exclude):
+    for i, path in enumerate([] if cfg.data.synthetic else cfg.data.exclude):  # generated images exclude nothing
         found[f"exclude.{i}"] = file_input(path, run_dir, "exclusion list", faces=len(read_exclusions(path)))
     return found
 

@@ -33,7 +33,7 @@ def test_the_console_says_each_step_as_it_starts_and_ends_and_where_the_logs_are
     fine = json.loads((out / "finetune" / "best" / "report.json").read_text())
     eri = json.loads((out / "eri" / "report.json").read_text())
     for n, title, figure in (
-            (1, "built-in datasets and face shards", r"\d+ faces \(affectnet \d+, casia \d+, celeba \d+\), 40 reaction videos"),
+            (1, "built-in datasets and face shards", r"\d+ faces \(affectnet \d+, casia \d+, celeba \d+\), 40 ERI reaction videos"),
             (2, "stage 1: MAE pretraining", re.escape(f"training loss {mae[0]['loss']:.3f} at step 10 -> "
                                                       f"{mae[-1]['loss']:.3f} at step 40")),
             (3, "stage 2: expression fine-tuning", re.escape(f"validation top-1 {fine['top1']:.3f}")),
