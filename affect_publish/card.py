@@ -22,7 +22,7 @@ PLACEHOLDER_REPO = "USER/NAME"
 # the task's tags; datasets are tagged only when the run's inputs name them (`datasets:`)
 TAGS = {"pretrain": ["masked-autoencoder", "vision-transformer", "face"],
         "finetune": ["facial-expression-recognition", "vision-transformer", "face"],
-        "eri": ["emotion-reaction-intensity", "multimodal", "abaw"]}
+        "eri": ["emotion-intensity", "multimodal", "abaw"]}
 PURPOSE = {
     "pretrain": "a ViT face encoder pre-trained as a masked autoencoder on face crops",
     "finetune": "a ViT face encoder fine-tuned, with a two-layer head, to classify facial expressions "
@@ -36,8 +36,8 @@ INTENDED_USE = {
                 "affect) or a frozen feature extractor for face crops framed like the training crops.",
     "finetune": "Research on facial expression recognition, and a frozen face encoder for downstream affect "
                 "models (stage 3 of this lineage extracts one pooled feature per face image with it).",
-    "eri": "Research on emotion reaction intensity estimation, reproducing and extending the ABAW 2023 ERI "
-           "challenge models.",
+    "eri": "Research on emotion intensity estimation from video (ABAW's ERI and EMI tasks), reproducing and "
+           "extending the ABAW 2023 ERI challenge models.",
 }
 LIMITATIONS = {
     "pretrain": "Trained on face crops only: features of other images are not meaningful. The training loss is "
@@ -174,6 +174,7 @@ def _eri_rows(cfg: dict) -> list[tuple[str, str]]:
             ("visual frames", f"{cfg['frames_per_video']} per video, the centre of each of as many equal segments")]
     if cfg.get("max_audio_steps"):
         rows.append(("audio steps", f"at most {cfg['max_audio_steps']}, evenly spread"))
+    rows += [(f"{m} input", v["features"]) for m, v in cfg["inputs"].items() if v.get("features")]
     return rows
 
 
@@ -222,7 +223,7 @@ def _loading(run: Run, repo: str) -> str:
         "# per modality: features (B, T, D) zero-padded at the end, and a mask (B, T), True on real steps",
         "batch = {}",
         'for m, spec in config["inputs"].items():',
-        '    steps = config["frames_per_video"] if m == "visual" else 50',
+        '    steps = config["frames_per_video"] if m == "visual" else 1 if spec.get("features") else 50',
         '    batch[m] = torch.zeros(1, steps, spec["dim"])  # stand-in for the video\'s features',
         '    batch[f"{m}_mask"] = torch.ones(1, steps, dtype=torch.bool)',
         'intensities = model(batch)  # (1, len(config["emotions"])) in config["emotions"] order',

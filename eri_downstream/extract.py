@@ -1,4 +1,4 @@
-"""Stage 3a: Hume-Reaction preprocessing into a feature store (see eri_downstream/store.py).
+"""Stage 3a: Hume-Reaction or Hume-Vidmimic2 preprocessing into a feature store (see eri_downstream/store.py).
 
     accelerate launch eri_downstream/extract.py faces       data=/data/hume store=features
     accelerate launch eri_downstream/extract.py visual      data=/data/hume store=features \
@@ -25,16 +25,18 @@ import argparse
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import yaml
 
 from accelerate import PartialState
 
 from eri_downstream.config import ExtractConfig
-from eri_downstream.dataset import dataset_task, load_dataset, summary, update_table
+from eri_downstream.dataset import dataset_task, load_dataset, summary, table_emotions, update_table
 from eri_downstream.steps import EXTRA_STEPS, STEPS, run_step
 from eri_downstream.store import FeatureStore
 from eri_downstream.store_record import write_record
+from eri_downstream.tasks import task_for
 from shared import builtin_data
 from shared.atomic import write_text
 from shared.config import add_config_arguments, load_config, print_config, to_dict
@@ -103,11 +105,11 @@ def main(argv=None) -> int:
     steps = list(STEPS) if step == "all" else [] if step == "table" else [step]
     if state.is_main_process:
         store.root.mkdir(parents=True, exist_ok=True)
+        table = update_table(entries, store.table, splits, task.emotions)  # the other splits' rows stay
         for name in steps or [step]:  # what each step last ran with, beside what it wrote
             write_text(store.root / f"{name}_config.yaml",
                        f"# {name}: the resolved configuration of its latest run (affect-extract {name} --config this)\n"
                        f"stage: {ExtractConfig.STAGE}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        table = update_table(entries, store.table, splits, task.emotions)  # the other splits' rows stay
         log.info("%s\n%s", cfg.data, summary(table))
     state.wait_for_everyone()
     for name in steps:
@@ -121,7 +123,7 @@ def use_builtin(cfg: ExtractConfig, state) -> None:
     """The built-in reaction videos: their transcripts go into the store (as a user's own
     transcripts would, so no ASR model is needed) and the tiny built-in audio / text encoders
     stand in for the hub models unless others are named."""
-    task = cfg.task or "eri"
+    task = cfg.task or stored_task(cfg.store) or "eri"
     base, found = builtin_data.locate(builtin_data.REACTIONS[task], "models")
     if state.is_main_process:  # before any work: which data, or that it is being made and where
         builtin_data.say("reaction videos, transcripts and tiny audio / text encoders", base, found, own="data=RAW")
@@ -137,6 +139,16 @@ def use_builtin(cfg: ExtractConfig, state) -> None:
         given = builtin_data.transcripts(cfg.data)
         store.write_transcripts({**given, **store.read_transcripts()})  # edits made in the store win
     state.wait_for_everyone()
+
+
+def stored_task(store: str | None) -> str | None:
+    """The built-in task whose emotions an existing store holds (a later step on it needs no
+    task=), or None."""
+    table = Path(store) / "videos.csv" if store else None
+    if table is None or not table.is_file():
+        return None
+    name = task_for(table_emotions(table)).name
+    return name if name in builtin_data.REACTIONS else None
 
 
 def entry() -> None:

@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise UserError(f"configuration file(s) not found: {', '.join(missing)}")
     if not args.collect:
+        if args.index is not None and not 0 <= args.index < len(configs):
+            raise UserError(f"--index {args.index}: expected 0 to {len(configs) - 1} (one of the {len(configs)} "
+                            "configurations, a SLURM array task id)")
         chosen = configs if args.index is None else [configs[args.index]]
         for config in chosen:
             extra = [f"run.output_dir={output_dir(config, args.overrides)}"] if any(

@@ -33,9 +33,12 @@ def feature_sources(cfg) -> dict[str, dict[str, str]]:
         if modality == "visual" and cfg.data.end_to_end:
             found[modality] = {"source": str(cfg.data.encoder)}
             continue
-        files = sorted((store.root / modality).glob("*.safetensors"))
-        meta = store.metadata(modality, files[0].stem) if files else None
+        folder = cfg.data.text_features if modality == "text" else modality  # the store folder it reads
+        files = sorted((store.root / folder).glob("*.safetensors"))
+        meta = store.metadata(folder, files[0].stem) if files else None
         found[modality] = {k: meta[k] for k in ("source", "fingerprint") if k in (meta or {})}
+        if folder == "sentence":  # one mean-pooled embedding per transcript, not the model's tokens
+            found[modality]["features"] = "sentence: the text encoder's tokens mean-pooled, one step per video"
     return found
 
 

@@ -118,9 +118,10 @@ def feature_dims(store: Path, modalities, file_id: str, sources: dict[str, str])
     `sources`: the store folder a modality reads when not its own (data.text_features)."""
     dims = {}
     for modality in modalities:
-        path = FeatureStore(store).features(sources.get(modality, modality), file_id)
+        folder = sources.get(modality, modality)
+        path = FeatureStore(store).features(folder, file_id)
         if not path.is_file():
-            raise UserError(f"{path}: missing; run `eri_downstream/extract.py {modality}` for this store first")
+            raise UserError(f"{path}: missing; run `eri_downstream/extract.py {folder}` for this store first")
         with safe_open(str(path), framework="pt") as f:
             dims[f"{modality}_dim"] = f.get_slice("features").get_shape()[-1]
     return dims

@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "demo: creating .venv"
     "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, torchvision, timm, webdataset, accelerate, transformers, av, facenet_pytorch, skimage, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, timm, webdataset, accelerate, transformers, omegaconf, av, facenet_pytorch, skimage, pytest" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     if [ "$cpu_torch" = 1 ]; then
         echo "demo: installing PyTorch's CPU build of torch and torchvision (a pair) from $CPU_INDEX"
@@ -38,6 +38,12 @@ if ! .venv/bin/python -c "import torch, torchvision, timm, webdataset, accelerat
 elif [ "$cpu_torch" = 1 ]; then
     echo "demo: .venv is installed already (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'));" \
          "--cpu-torch changes nothing: remove .venv to reinstall with PyTorch's CPU build"
+fi
+# the commands as this checkout declares them: a .venv installed from an older checkout keeps the
+# old entry points (affect-publish moved to affect_publish/) until the suite is installed again
+if ! .venv/bin/affect-publish --help > /dev/null 2>&1; then
+    echo "demo: updating the suite's commands in .venv"
+    .venv/bin/python -m pip install --quiet --no-deps -e .
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 exec .venv/bin/python launch/demo.py ${args[@]+"${args[@]}"}

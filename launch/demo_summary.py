@@ -135,7 +135,7 @@ def write_summary(out: Path, runs: dict[str, Path], published: Path, times: dict
         f"{fine['step']} (best balanced accuracy): top-1 {fine['top1']:.3f}, balanced accuracy "
         f"{fine['balanced_accuracy']:.3f}, macro-F1 {fine['macro_f1']:.3f}.",
         "", f"![confusion matrix]({(runs['finetune'] / 'best' / 'confusion_matrix.png').relative_to(out)})",
-        "", "## Stage 3: emotion reaction intensity", "",
+        "", "## Stage 3: emotion intensity (the ERI or EMI task)", "",
         f"Validation ({report['videos']} videos), the model of epoch {report['best_epoch']} of {epochs} (best "
         f"validation mean Pearson): mean Pearson {report['mean']:.3f} (0 for a model that learned nothing).",
         "", table, "",

@@ -36,7 +36,7 @@ NAME = "run.json"
 FORMAT = 1
 STAGES = {"pretrain": ("1", "MAE pretraining"), "finetune": ("2", "AffectNet expression fine-tuning"),
           "features": ("3a", "feature extraction (the feature store)"),
-          "eri": ("3b", "emotion reaction intensity")}
+          "eri": ("3b", "emotion intensity (the ERI or EMI task)")}
 # what an output is, for a reader of run.json
 KINDS = {"encoder": "timm encoder folder (config.json + model.safetensors)",
          "model": "model folder (config.json + model.safetensors)", "weights": "safetensors weights",

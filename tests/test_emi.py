@@ -86,3 +86,12 @@ def test_stage_3_runs_the_emi_task_end_to_end(emi, tiny_encoder):
     refused = run_stage("eri_downstream/train.py", "--config", "eri_downstream/configs/demo_cpu.yaml",
                         f"data.store={store}", f"run.output_dir={root / 'wrong'}", "task=eri", check=False)
     assert refused.returncode == 2 and "holds the emi task" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_a_later_step_on_a_store_keeps_the_store_s_task(tmp_path):
+    from eri_downstream.dataset import write_table
+    from eri_downstream.extract import stored_task
+    assert stored_task(None) is None and stored_task(str(tmp_path / "none")) is None
+    write_table([], tmp_path / "emi" / "videos.csv", EMI.emotions)
+    write_table([], tmp_path / "eri" / "videos.csv", EMOTIONS)
+    assert stored_task(str(tmp_path / "emi")) == "emi" and stored_task(str(tmp_path / "eri")) == "eri"

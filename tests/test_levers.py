@@ -136,3 +136,30 @@ def test_a_lever_set_to_what_it_cannot_be_is_one_line(override, said, tmp_path):
     with pytest.raises(UserError, match=re.escape(said)):
         main([override, f"run.output_dir={tmp_path / 'run'}"])
     assert not (tmp_path / "run").exists()
+
+
+def test_the_sentence_input_is_named_in_errors_and_in_the_published_model(tmp_path):
+    from types import SimpleNamespace
+    from eri_downstream.record import feature_sources
+    from eri_downstream.store import FeatureStore
+    from eri_downstream.train import feature_dims
+    from shared.errors import UserError
+    fs = FeatureStore(tmp_path)
+    fs.save("text", "00001", torch.zeros(3, 8), source="deberta", fingerprint="a")
+    with pytest.raises(UserError, match=re.escape("run `eri_downstream/extract.py sentence` for this store")):
+        feature_dims(tmp_path, ["text"], "00001", {"text": "sentence"})
+    fs.save("sentence", "00001", torch.zeros(1, 4), source="minilm", fingerprint="b")
+    assert feature_dims(tmp_path, ["text"], "00001", {"text": "sentence"}) == {"text_dim": 4}
+    cfg = SimpleNamespace(model=SimpleNamespace(modalities=["text"]),
+                          data=SimpleNamespace(store=str(tmp_path), text_features="sentence", end_to_end=False))
+    found = feature_sources(cfg)["text"]
+    assert found["source"] == "minilm" and found["features"].startswith("sentence: ")
+    cfg.data.text_features = "text"
+    assert feature_sources(cfg)["text"] == {"source": "deberta", "fingerprint": "a"}
+
+
+def test_the_grid_names_the_valid_array_indices():
+    from eri_downstream.grid import main
+    from shared.errors import UserError
+    with pytest.raises(UserError, match=re.escape("--index 9: expected 0 to 4")):
+        main(["--levers", "--index", "9", "data.store=x"])
