@@ -31,7 +31,7 @@ from pathlib import Path
 from shared.atomic import write_csv
 from shared.errors import UserError
 from shared.recognise import described
-from eri_downstream.tasks import Task, get_task, tasks
+from eri_downstream.tasks import Task, get_task, task_for, tasks
 from shared.tables import csv_records, csv_rows
 
 log = logging.getLogger(__name__)
@@ -273,8 +273,9 @@ def update_table(entries: list[VideoEntry], path: Path | str, splits: set[str], 
     every other split: a run over some splits never drops what a run over others listed.
     Returns the whole table, ordered train, val, test (stable within a split)."""
     path = Path(path)
-    if path.is_file() and table_emotions(path) != list(emotions):
-        raise UserError(f"{path} holds the emotions {', '.join(table_emotions(path))}, this dataset "
+    held = table_emotions(path) if path.is_file() else list(emotions)
+    if held != list(emotions):
+        raise UserError(f"{path} holds the emotions {', '.join(held)}, this dataset "
                         f"{', '.join(emotions)}: one feature store serves one task; give another --store")
     new = {e.file_id for e in entries}
     kept = [e for e in read_table(path) if e.split not in splits and e.file_id not in new] if path.is_file() else []
@@ -289,6 +290,12 @@ def table_emotions(path: Path | str) -> list[str]:
     if not rows:
         raise UserError(f"{path}: empty; expected a header with {', '.join(FIXED_COLUMNS)} and the emotions")
     return [name.strip() for name in rows[0][1] if name.strip() not in FIXED_COLUMNS]
+
+
+def table_task(path: Path | str) -> Task:
+    """The task of a table written by `write_table`, told by its emotion columns (a task of its
+    own when they match no known one)."""
+    return task_for(table_emotions(path))
 
 
 def read_table(path: Path | str) -> list[VideoEntry]:

@@ -32,11 +32,10 @@ import yaml
 from accelerate import PartialState
 
 from eri_downstream.config import ExtractConfig
-from eri_downstream.dataset import dataset_task, load_dataset, summary, table_emotions, update_table
+from eri_downstream.dataset import dataset_task, load_dataset, summary, table_task, update_table
 from eri_downstream.steps import EXTRA_STEPS, STEPS, run_step
 from eri_downstream.store import FeatureStore
 from eri_downstream.store_record import write_record
-from eri_downstream.tasks import task_for
 from shared import builtin_data
 from shared.atomic import write_text
 from shared.config import add_config_arguments, load_config, print_config, to_dict
@@ -147,7 +146,7 @@ def stored_task(store: str | None) -> str | None:
     table = Path(store) / "videos.csv" if store else None
     if table is None or not table.is_file():
         return None
-    name = task_for(table_emotions(table)).name
+    name = table_task(table).name
     return name if name in builtin_data.REACTIONS else None
 
 

@@ -41,12 +41,15 @@ def lever_configs() -> list[Path]:
     return [CONFIG_DIR / "paper_vat.yaml", *sorted((CONFIG_DIR / "levers").glob("*.yaml"))]
 
 
-def changes(config: Path, overrides: list[str]) -> str:
-    """The keys whose resolved value differs from paper_vat.yaml's (run.* aside), as key=value."""
-    kept = [o for o in overrides if not o.startswith("run.")]
-    flat = [_flat(to_dict(load_config(ERIConfig, path, kept))) for path in (config, CONFIG_DIR / "paper_vat.yaml")]
-    return ", ".join(f"{k}={v}" for k, v in sorted(flat[0].items())
-                     if not k.startswith("run.") and flat[1].get(k) != v) or "none"
+def resolved(config: Path, overrides: list[str]) -> dict:
+    """`config` with `overrides` (run.* aside), as flat key -> value."""
+    return _flat(to_dict(load_config(ERIConfig, config, [o for o in overrides if not o.startswith("run.")])))
+
+
+def changes(config: Path, overrides: list[str], paper: dict) -> str:
+    """The keys whose resolved value differs from `paper` (paper_vat.yaml's, resolved) as key=value."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(resolved(config, overrides).items())
+                     if not k.startswith("run.") and paper.get(k) != v) or "none"
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -74,10 +77,10 @@ def score(run_dir: Path) -> float | None:
 
 
 def collect(configs: list[Path], overrides: list[str], out: Path) -> str:
-    rows = []
+    rows, paper = [], resolved(CONFIG_DIR / "paper_vat.yaml", overrides)
     for config in configs:
         ours = score(output_dir(config, overrides))
-        rows.append((config.stem, ours, PAPER.get(config.stem), changes(config, overrides)))
+        rows.append((config.stem, ours, PAPER.get(config.stem), changes(config, overrides, paper)))
     fmt = lambda v: "not run" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| configuration | ours | paper (dev) | changes from paper_vat |", "|---|--:|--:|---|"]
     lines += [f"| {name} | {fmt(o)} | {'' if p is None else f'{p:.4f}'} | {c} |" for name, o, p, c in rows]

@@ -3,6 +3,7 @@ EMI on Hume-Vidmimic2 (6). Which task a run serves is decided by its data: the r
 it at stage 3a, the feature store's videos.csv header (the emotion columns) after that."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class Task:
         return [f"[{i}]" for i in ids] if self.bracketed_ids else list(ids)
 
 
+@functools.cache  # read once: the readers, the submission writer and the checks all ask
 def tasks() -> dict[str, Task]:
     data = yaml.safe_load(TASKS_FILE.read_text())
     return {name: Task(name=name, **{**spec, "emotions": tuple(spec["emotions"])}) for name, spec in data.items()}

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from eri_downstream.config import RESUME_KEYS, ERIConfig
 from eri_downstream.data import FaceFrameDataset, FeatureDataset, collate, mixup
-from eri_downstream.dataset import read_table, splits_of, table_emotions
+from eri_downstream.dataset import read_table, splits_of, table_task
 from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
 from eri_downstream.folds import cv_folds
 from eri_downstream.levers import LOSS_NAMES, drop_modalities, regression_loss
@@ -35,7 +35,7 @@ from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
 from eri_downstream.reports import VALIDATION, _defined, cv_summary, report_for, say_constant_columns, write_fold_outputs
 from eri_downstream.record import export_model, write_record
 from eri_downstream.store import FeatureStore
-from eri_downstream.tasks import Task, get_task, task_for
+from eri_downstream.tasks import Task, get_task
 from eri_downstream.visual import FrameEncoder
 from shared import builtin_data
 from shared.atomic import write_json, write_safetensors, write_text, write_yaml
@@ -98,7 +98,7 @@ def predict(acc, net, dataset, batch_size: int, front=None, cache: DeviceCache |
 def store_task(store: Path, name: str) -> Task:
     """The task of the store's table (its emotion columns); with `task` set, a UserError when the
     store holds another task's emotions."""
-    task = task_for(table_emotions(store / "videos.csv"))
+    task = table_task(store / "videos.csv")
     if name and task.emotions != get_task(name).emotions:
         raise UserError(f"task={name}: {store} holds the {task.name} task ({', '.join(task.emotions)}); "
                         f"give a store that stage 3a wrote for {name}, or leave task unset")
