@@ -64,3 +64,19 @@ def wait_for_steps(run_dir: Path, steps: int, proc, timeout: float = 300) -> Non
             raise AssertionError(f"the run ended early ({proc.returncode}):\n{proc.log.read()[-4000:]}")
         time.sleep(0.05)
     raise AssertionError("the run did not get going in time")
+
+
+def assert_same_training(a: dict, b: dict, lr: float, start: dict | None = None) -> None:
+    """Two runs' weights (name -> tensor) are one training, across process counts or a resume.
+
+    AdamW divides each gradient by sqrt(v): a gradient summed in another order (other micro-batches,
+    other ranks) differs in its last bits, and moves a weight whose gradient is near zero by up to
+    a fraction of one step of `lr`. So the bound is half a step; a wrong sample or a lost optimizer
+    state moves many weights by several steps. With `start` (the weights both began from), training
+    must have moved them at least 4x that bound, or the bound proves nothing.
+    """
+    gap = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert gap < 0.5 * lr, f"the runs' weights differ by up to {gap:.3g} (half a step at lr {lr:g}: {0.5 * lr:.3g})"
+    if start is not None:
+        moved = max((a[k] - start[k]).abs().max().item() for k in a if k in start)
+        assert moved > 2 * lr, f"training moved the weights by only {moved:.3g}: too little to tell runs apart"
