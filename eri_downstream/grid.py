@@ -6,10 +6,14 @@
     python -m eri_downstream.grid --levers data.store=features             # the paper recipe and each lever
     sbatch --array=0-10 launch/slurm/eri_grid.sbatch data.store=features   # one config per array task
 
-Writes `<runs>/results.md` and `results.csv`: each configuration's validation mean Pearson (or
-out-of-fold mean with folds=N) next to the paper's development-set number, and what it changes
-from the paper's final model (paper_vat.yaml). `--levers` runs that model and each lever of
-later winners (configs/levers/: Pearson-aware and CCC losses, modality dropout, sentence text).
+Writes `results.md` and `results.csv` beside the runs (in `run.output_dir` when given, else
+the folder above the first configuration's own, runs/eri): each configuration's validation mean
+Pearson (or out-of-fold mean with folds=N), the task it served, the paper's development-set
+number where that is ERI (the paper reports no other task), and what it changes from the paper's
+final model (paper_vat.yaml). A configuration that fails is marked in the table, the others still
+run, and the grid exits with the first failure's status. `--levers` runs that model and each
+lever of later winners (configs/levers/: Pearson-aware and CCC losses, modality dropout,
+sentence text).
 """
 from __future__ import annotations
 
@@ -69,24 +73,41 @@ def output_dir(config: Path, overrides: list[str]) -> Path:
     return Path(load_config(ERIConfig, config).run.output_dir)  # through its base, if it names one
 
 
-def score(run_dir: Path) -> float | None:
+def results_dir(configs: list[Path], overrides: list[str]) -> Path:
+    """Where the table goes: beside the runs it tabulates (runs/eri if the first configuration is refused)."""
+    try:
+        return output_dir(configs[0], overrides).parent
+    except UserError:
+        return Path(ERIConfig().run.output_dir)
+
+
+def score(run_dir: Path) -> tuple[float | None, str]:
+    """A finished run's mean Pearson (out-of-fold with folds=N) and its task; (None, "") if unfinished."""
     for name, key in (("cv_results.json", "out_of_fold"), ("report.json", "mean")):
         if (run_dir / name).is_file():
-            return json.loads((run_dir / name).read_text())[key]
-    return None
+            result = json.loads((run_dir / name).read_text())
+            return result[key], result.get("task", "eri")  # runs from before tasks were all ERI
+    return None, ""
 
 
-def collect(configs: list[Path], overrides: list[str], out: Path) -> str:
-    rows, paper = [], resolved(CONFIG_DIR / "paper_vat.yaml", overrides)
+def collect(configs: list[Path], overrides: list[str], out: Path, failed: dict[str, int] | None = None) -> str:
+    """Write results.md / results.csv in `out`; `failed`: configuration -> its exit status."""
+    rows, paper, failed = [], resolved(CONFIG_DIR / "paper_vat.yaml", overrides), failed or {}
     for config in configs:
-        ours = score(output_dir(config, overrides))
-        rows.append((config.stem, ours, PAPER.get(config.stem), changes(config, overrides, paper)))
-    fmt = lambda v: "not run" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = ["| configuration | ours | paper (dev) | changes from paper_vat |", "|---|--:|--:|---|"]
-    lines += [f"| {name} | {fmt(o)} | {'' if p is None else f'{p:.4f}'} | {c} |" for name, o, p, c in rows]
+        try:
+            ours, task = score(output_dir(config, overrides))
+            changed = changes(config, overrides, paper)
+        except UserError as e:  # a configuration its run refused at load: the table still has its row
+            ours, task, changed = None, "", f"refused: {e}"
+        published = PAPER.get(config.stem) if task in ("eri", "") else None  # the paper reports ERI only
+        state = f"failed (exit {failed[config.stem]})" if config.stem in failed else "not run"
+        rows.append((config.stem, ours, task, published, changed, state))
+    fmt = lambda v, state: state if v is None else f"{v:.4f}"  # noqa: E731
+    lines = ["| configuration | ours | task | paper (dev, ERI) | changes from paper_vat |", "|---|--:|---|--:|---|"]
+    lines += [f"| {n} | {fmt(o, st)} | {t} | {'' if p is None else f'{p:.4f}'} | {c} |" for n, o, t, p, c, st in rows]
     write_text(out / "results.md", "\n".join(lines) + "\n")
-    write_csv(out / "results.csv", ["configuration", "ours", "paper", "changes"],  # changes hold commas: quoted
-              ([n, "" if o is None else f"{o:.6f}", "" if p is None else p, c] for n, o, p, c in rows))
+    write_csv(out / "results.csv", ["configuration", "ours", "task", "paper", "changes"],  # changes hold commas: quoted
+              ([n, st if o is None else f"{o:.6f}", t, "" if p is None else p, c] for n, o, t, p, c, st in rows))
     return "\n".join(lines)
 
 
@@ -97,13 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levers", action="store_true", help="paper_vat.yaml and each lever of configs/levers/")
     p.add_argument("--collect", action="store_true", help="only write the results table")
     p.add_argument("--launcher", default=f"{shlex.quote(sys.executable)}", help="command that runs train.py")
-    p.add_argument("--results", type=Path, default=Path("runs/eri"), help="where results.md/csv go")
+    p.add_argument("--results", type=Path, help="where results.md/csv go (default: beside the runs: run.output_dir "
+                   "when given, else the folder above the first configuration's output_dir)")
     p.add_argument("overrides", nargs="*", help="key=value for every configuration, e.g. data.store=features")
     args = p.parse_args(argv)
+    # `--configs a.yaml b.yaml key=value` gives --configs the overrides too (nargs="*"): a config
+    # file is a path, an override has an "="
+    args.overrides = [str(c) for c in args.configs or [] if "=" in str(c)] + args.overrides
+    args.configs = [c for c in args.configs or [] if "=" not in str(c)]
     configs = args.configs or (lever_configs() if args.levers else table_configs())
     missing = [str(c) for c in configs if not c.is_file()]
     if missing:
         raise UserError(f"configuration file(s) not found: {', '.join(missing)}")
+    failed: dict[str, int] = {}
     if not args.collect:
         if args.index is not None and not 0 <= args.index < len(configs):
             raise UserError(f"--index {args.index}: expected 0 to {len(configs) - 1} (one of the {len(configs)} "
@@ -117,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             print("$", shlex.join(cmd), flush=True)
             status = subprocess.run(cmd).returncode
             if status:
-                return status
-    print(collect(configs, args.overrides, args.results))
-    return 0
+                failed[config.stem] = status
+                print(f"grid: {config.stem} failed (exit {status}); going on with the others", file=sys.stderr, flush=True)
+    out = args.results or results_dir(configs, args.overrides)
+    print(collect(configs, args.overrides, out, failed))
+    print(f"grid: the table is in {out / 'results.md'} and {out / 'results.csv'}", file=sys.stderr)
+    return next(iter(failed.values()), 0)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def cv_summary(results: list[dict], pool, run_dir: Path, acc, task: Task) -> dic
     out-of-fold score, and the fold models' ensemble on the test split."""
     oof = {k: np.array(v) for r in results for k, v in r["val_predictions"].items()}
     pooled = report_for(oof, pool, task)
-    summary = {"folds": [r["mean"] for r in results], "out_of_fold": pooled["mean"],
+    summary = {"folds": [r["mean"] for r in results], "out_of_fold": pooled["mean"], "task": task.name,
                "per_emotion_out_of_fold": pooled["per_emotion"]}
     if acc.is_main_process:
         write_predictions(run_dir / PREDICTIONS, oof, pool, task.emotions)  # each video by the fold that held it out

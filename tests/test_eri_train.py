@@ -161,19 +161,42 @@ def test_two_processes_match_one_and_evaluate_every_video_once(store, tmp_path):
 
 
 def test_grid_tabulates_configurations_beside_the_paper(store, tmp_path):
+    """Each configuration in the table beside the paper, written beside the runs; one that fails
+    (an EMI configuration on this ERI store) is marked, the others still run, the grid exits 2."""
     import yaml
     configs = []
-    for name, modalities in (("table2_v", ["visual"]), ("mine_va", ["visual", "audio"])):
+    for name, config in (("table2_v", {"model": {"modalities": ["visual"]}}), ("wrong_task", {"task": "emi"}),
+                         ("mine_va", {"model": {"modalities": ["visual", "audio"]}})):
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({"model": {"modalities": modalities}, "run": {"output_dir": "unused"}}))
+        path.write_text(yaml.safe_dump({**config, "run": {"output_dir": "unused"}}))
         configs.append(str(path))
-    proc = run_stage("eri_downstream/grid.py", "--configs", *configs, "--results", str(tmp_path / "results"),
-                     *tiny(store, tmp_path / "grid", "epochs=2"))
-    with open(tmp_path / "results" / "results.csv", newline="") as f:
+    proc = run_stage("eri_downstream/grid.py", "--configs", *configs, *tiny(store, tmp_path / "grid", "epochs=2"),
+                     check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "wrong_task failed (exit 2); going on with the others" in proc.stderr
+    with open(tmp_path / "grid" / "results.csv", newline="") as f:  # beside the runs: run.output_dir
         rows = {r["configuration"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"table2_v", "mine_va"}
+    assert list(rows) == ["table2_v", "wrong_task", "mine_va"]
     assert rows["table2_v"]["paper"] == "0.3925" and rows["mine_va"]["paper"] == ""
-    assert all(rows[n]["ours"] for n in rows) and "| table2_v |" in proc.stdout
+    assert all(-1 <= float(rows[n]["ours"]) <= 1 for n in ("table2_v", "mine_va")) and rows["mine_va"]["task"] == "eri"
+    assert rows["wrong_task"]["ours"] == "failed (exit 2)" and "task=emi" in rows["wrong_task"]["changes"]
+    assert "| table2_v |" in proc.stdout
+
+
+def test_the_grid_gives_the_papers_number_for_eri_runs_only(tmp_path):
+    """The paper reports ERI: an EMI run of a table configuration has no paper number beside it."""
+    from eri_downstream.grid import CONFIG_DIR, main
+    runs = tmp_path / "runs"
+    for name, task in (("table2_v", "emi"), ("table2_a", "eri")):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "report.json").write_text(json.dumps({"mean": 0.25, "task": task}))
+    configs = [str(CONFIG_DIR / f"{name}.yaml") for name in ("table2_v", "table2_a", "table2_va")]
+    assert main(["--collect", "--configs", *configs, f"run.output_dir={runs}"]) == 0
+    with open(runs / "results.csv", newline="") as f:
+        rows = {r["configuration"]: r for r in csv.DictReader(f)}
+    assert (rows["table2_v"]["task"], rows["table2_v"]["paper"]) == ("emi", "")
+    assert (rows["table2_a"]["task"], rows["table2_a"]["paper"], rows["table2_a"]["ours"]) == ("eri", "0.185", "0.250000")
+    assert (rows["table2_va"]["ours"], rows["table2_va"]["paper"]) == ("not run", "0.4098")
 
 
 def _face_track(crops):
