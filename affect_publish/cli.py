@@ -19,7 +19,7 @@ from pathlib import Path
 
 from shared.atomic import seal_folder
 from shared.errors import UserError, run_cli
-from affect_publish.licences import DEFAULT_LICENSE
+from affect_publish.licences import DEFAULT_LICENSE, hub_license
 from affect_publish.runs import Run, open_run
 
 
@@ -118,6 +118,7 @@ def _check_upload_options(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _check_upload_options(args)
+    args.license = hub_license(args.license)
     run = open_run(args.run, weights=args.weights, fold=args.fold)
     check_out(args.out, run.root, args.overwrite)
     out = write_folder(run, args.out, repo_id=args.repo_id, license=args.license, base_model=args.base_model)
@@ -136,4 +137,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    raise SystemExit(run_cli(main))
+    raise SystemExit(run_cli(main, prog="affect-publish"))

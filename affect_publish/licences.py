@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.errors import UserError
+
 DEFAULT_LICENSE = "cc-by-nc-4.0"
 
 
@@ -33,3 +35,21 @@ DATASETS = {d.key: d for d in (
     Dataset("hume-vidmimic2", "Hume-Vidmimic2 (ABAW6-10 EMI)", "https://affective-behavior-analysis-in-the-wild.github.io/",
             "the challenge's end-user licence agreement: research use only"),
 )}
+
+
+def hub_license(value: str) -> str:
+    """The model card's `license:` for `value`: an SPDX licence identifier, lower-cased as the Hub
+    writes them (cc-by-nc-4.0, apache-2.0), or "other". Raises UserError for anything else (an
+    expression such as "mit OR apache-2.0" included: the Hub's field holds one licence)."""
+    from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
+    if value.lower() == "other":
+        return "other"
+    try:
+        canonical = canonicalize_license_expression(value)
+    except InvalidLicenseExpression:
+        canonical = None
+    if canonical is None or " " in canonical:
+        raise UserError(f"--license {value!r}: expected one SPDX licence identifier, e.g. {DEFAULT_LICENSE} (the "
+                        "default: the data is for non-commercial research) or apache-2.0, or 'other'")
+    return canonical.lower()
+

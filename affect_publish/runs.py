@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import UserError
-from shared.run_record import STAGES, read_run_record
+from shared.run_record import NAME, STAGES, read_run_record
 
 # the kinds of file publishing reads, and what a folder of that kind must hold
 NEEDS = {"encoder": ("config.json", "model.safetensors"), "model": ("config.json", "model.safetensors"),
@@ -54,6 +54,27 @@ def weight_name(weights: str | None, fold: int | None) -> str | None:
     return f"fold_{fold}" if fold is not None else weights
 
 
+def where_the_run_is(folder: Path) -> None:
+    """For a folder without run.json: a UserError naming the run it is part of (a fold, the best
+    weights, an export) with the option that picks those weights, or the runs it holds (the demo's
+    output folder); returns when it is neither."""
+    here = folder.resolve()
+    for parent in list(here.parents)[:3]:
+        if (parent / NAME).is_file():
+            part, outputs = here.relative_to(parent).parts[0], read_run_record(parent)["outputs"]
+            name = next((name for name, chosen in (outputs.get("weights") or {}).items()
+                         if any(Path(e["path"]).parts[0] == part for e in chosen["files"].values())), None)
+            pick = ("" if name in (None, outputs.get("default")) else
+                    f" --fold {name.removeprefix('fold_')}" if name.startswith("fold_") else f" --weights {name}")
+            raise UserError(f"{folder} is part of the run {parent}; publish the run: affect-publish {parent}{pick} "
+                            "--out FOLDER")
+    held = sorted(p.parent for p in [*here.glob(f"*/{NAME}"), *here.glob(f"*/*/{NAME}")])
+    if held:
+        names = ", ".join(str(p.relative_to(here)) for p in held)
+        raise UserError(f"{folder} holds {len(held)} runs ({names}); publish one of them, e.g. affect-publish "
+                        f"{folder / held[0].relative_to(here)} --out FOLDER")
+
+
 def open_run(path, *, weights: str | None = None, fold: int | None = None) -> Run:
     """The run at `path` and the weights to publish: `weights` names a set of run.json (default:
     the run's own choice), `fold` N is the set fold_N of a cross-validation run."""
@@ -62,6 +83,8 @@ def open_run(path, *, weights: str | None = None, fold: int | None = None) -> Ru
         raise UserError(f"{root}: no such folder; give a run folder (a stage's run.output_dir)")
     if root.parent.name == "checkpoints":
         raise UserError(f"{root} is a training state; give its run folder, {root.parent.parent}")
+    if not (root / NAME).is_file():
+        where_the_run_is(root)
     record = read_run_record(root)
     sets = record["outputs"].get("weights") or {}
     if not sets:

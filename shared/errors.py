@@ -82,10 +82,18 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         return _report(err, f"{type(err).__name__}: {one_line(err)}{hint}", 1, debug, prog)
 
 
+def _script_name(argv0: str) -> str:
+    """The command as typed: `python -m package` runs package/__main__.py, which names nothing."""
+    parts = argv0.rstrip("/").split("/")
+    if parts[-1] == "__main__.py" and len(parts) > 1:
+        return f"python -m {parts[-2]}"
+    return parts[-1] or "command"
+
+
 def _report(err: BaseException, message: str, status: int, debug: bool, prog: str | None) -> int:
     if debug:
         traceback.print_exception(err)
-    prog = prog or sys.argv[0].rsplit("/", 1)[-1] or "command"
+    prog = prog or _script_name(sys.argv[0])
     line = f"{prog}: error: {message}"
     print(line, file=sys.stderr, flush=True)
     _note_failure(line, status)

@@ -361,3 +361,30 @@ def test_errors_are_one_line_with_the_fix(pretrain_run, store, eri_run, tmp_path
 
     publish(pretrain_run, tmp_path / "taken", "--overwrite", capsys=capsys)
     assert not (tmp_path / "taken" / "notes.txt").exists() and (tmp_path / "taken" / "README.md").is_file()
+
+
+def test_a_folder_in_a_run_or_holding_runs_names_the_run_to_publish(pretrain_run, finetune_run, eri_run, eri_cv_run,
+                                                                      tmp_path, capsys):
+    def line(folder):
+        assert run_cli(cli.main, [str(folder), "--out", str(tmp_path / "o")], prog="affect-publish") == 2
+        return capsys.readouterr().err.strip()
+    assert line(finetune_run / "best") == (f"affect-publish: error: {finetune_run / 'best'} is part of the run "
+                                           f"{finetune_run}; publish the run: affect-publish {finetune_run} --out FOLDER")
+    assert f"affect-publish {finetune_run} --weights final --out" in line(finetune_run / "export" / "encoder")
+    assert f"affect-publish {eri_cv_run} --fold 1 --out" in line(eri_cv_run / "fold_1")
+    assert f"affect-publish {pretrain_run} --out" in line(pretrain_run / "export")  # its only weights: no option
+    held = line(pretrain_run.parent)  # a folder of runs, as the demo's output folder is
+    assert "holds 5 runs (affectnet, eri, eri_cv, features, mae)" in held and "publish one of them" in held
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("given, written", [("CC-BY-NC-4.0", "cc-by-nc-4.0"), ("apache-2.0", "apache-2.0"),
+                                            ("other", "other"), ("mit OR apache-2.0", None), ("cc-by-nc", None)])
+def test_the_licence_is_one_spdx_identifier_or_other(pretrain_run, tmp_path, capsys, given, written):
+    if written is None:
+        assert run_cli(cli.main, [str(pretrain_run), "--out", str(tmp_path / "o"), "--license", given]) == 2
+        assert f"--license {given!r}: expected one SPDX licence identifier" in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
+    else:
+        publish(pretrain_run, tmp_path / "o", "--license", given, capsys=capsys)
+        assert card(tmp_path / "o").data.license == written
