@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from shared.config_fields import one_of, ranged
+from shared.errors import UserError
 from shared.face_crop import FaceCrop
 from shared.training.config import OptimConfig, RunConfig
 
@@ -60,6 +61,18 @@ class ERIConfig:
     modality_dropout: float = ranged(0.0, ge=0, lt=1)
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/eri", total_steps=0, log_every=20))
 
+    def check(self) -> None:
+        """Raise UserError for keys that are valid alone and not together (shared.config.load_config)."""
+        modalities = self.model.modalities
+        if not modalities or len(set(modalities)) != len(modalities):
+            raise UserError(f"model.modalities={list(modalities)}: expected a non-empty subset of visual, audio, text "
+                            "without repeats")
+        if self.fold is not None and not self.fold < self.folds:
+            raise UserError(f"fold={self.fold} needs folds=N with 0 <= fold < N (folds={self.folds})")
+        if self.optim.grad_accum != 1:  # one optimizer step per batch of videos, as the epoch hooks count them
+            raise UserError(f"optim.grad_accum={self.optim.grad_accum}: stage 3b steps once per batch of videos; "
+                            "raise data.batch_size instead (the paper's 16 videos fit any device)")
+
 
 # Settings that decide which samples each step reads: a resumed state must have been saved with
 # the same values (shared.training.checkpoint refuses another one, naming the key). Paths are
@@ -82,7 +95,7 @@ class ExtractConfig:
     task: str | None = one_of(None, None, "eri", "emi")
     splits: list[str] = one_of(["train", "val", "test"], "train", "val", "test")  # the splits to process
     overwrite: bool = False  # redo finished videos too
-    detector: str = "mtcnn"  # face detector: mtcnn | haar (eri_downstream/faces.py DETECTORS)
+    detector: str = one_of("mtcnn", "mtcnn", "haar")  # face detector (eri_downstream/faces.py DETECTORS)
     fps: float = ranged(6.0, gt=0)  # face frames kept per second of video
     # face crops as face-shards makes them (shared/face_crop.py), so the frozen encoder sees faces
     # framed as in its stage-2 evaluation: keep both equal to the encoder's shards

@@ -31,7 +31,7 @@ from eri_downstream.device_cache import DeviceCache, DeviceEpochLoader
 from eri_downstream.folds import cv_folds
 from eri_downstream.levers import LOSS_NAMES, drop_modalities, regression_loss
 from eri_downstream.loader import EpochLoader
-from eri_downstream.model import MODALITIES, ERIModel, ERIModelConfig
+from eri_downstream.model import ERIModel, ERIModelConfig
 from eri_downstream.reports import VALIDATION, _defined, cv_summary, report_for, say_constant_columns, write_fold_outputs
 from eri_downstream.record import export_model, write_record
 from eri_downstream.store import FeatureStore
@@ -103,14 +103,6 @@ def store_task(store: Path, name: str) -> Task:
         raise UserError(f"task={name}: {store} holds the {task.name} task ({', '.join(task.emotions)}); "
                         f"give a store that stage 3a wrote for {name}, or leave task unset")
     return task
-
-
-def check_modalities(modalities) -> None:
-    """A UserError naming what is not a modality (before any feature file is looked for)."""
-    unknown = [m for m in modalities if m not in MODALITIES]
-    if unknown or not modalities or len(set(modalities)) != len(modalities):
-        raise UserError(f"model.modalities={list(modalities)}: expected a non-empty subset of {', '.join(MODALITIES)} "
-                        f"without repeats{' (not modalities: ' + ', '.join(map(str, unknown)) + ')' if unknown else ''}")
 
 
 def feature_dims(store: Path, modalities, file_id: str, sources: dict[str, str]) -> dict[str, int]:
@@ -264,7 +256,6 @@ def main(argv=None) -> int:
         return print_config(cfg)
     if args.resume:
         cfg.run.resume = args.resume
-    check_modalities(cfg.model.modalities)
     if not cfg.data.store:
         features = builtin_data.FEATURES[cfg.task or "eri"]
         base, found = builtin_data.locate(features)
@@ -280,9 +271,6 @@ def main(argv=None) -> int:
     if not (store / "videos.csv").is_file():
         hint = described(store) or f"; stage 3a writes one: `affect-extract all --data RAW --store {store} --encoder ENC`"
         raise UserError(f"{store}: no videos.csv, so not a feature store{hint}")
-    if cfg.optim.grad_accum != 1:  # one optimizer step per batch of videos, as the epoch hooks count them
-        raise UserError(f"optim.grad_accum={cfg.optim.grad_accum}: stage 3b steps once per batch of videos; "
-                        "raise data.batch_size instead (the paper's 16 videos fit any device)")
     acc = make_accelerator(cfg.run)
     refuse_sharding(acc, "stage 3b (a model of a few MB)")
     run_dir = Path(cfg.run.output_dir)
@@ -293,8 +281,6 @@ def main(argv=None) -> int:
     init_tracking(acc, cfg.run, resolved, name=run_dir.name)
     task = store_task(store, cfg.task)
     by_split = splits_of(read_table(store / "videos.csv"), store / "videos.csv", need=() if cfg.folds else ("train", "val"))
-    if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
-        raise UserError(f"fold={cfg.fold} needs folds=N with 0 <= fold < N (folds={cfg.folds})")
     if cfg.folds:
         pool = by_split["train"] + by_split["val"]
         by_id = {e.file_id: e for e in pool}

@@ -60,11 +60,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """The configuration `cls` (a dataclass) from its defaults, the YAML file `path` (with its
     bases) and the `key=value` overrides, in that order. Raises UserError (one line) for a
     missing or malformed file, a file of another stage, an unknown key, a value of the wrong
-    type or outside its range."""
+    type or outside its range, or values that `cls.check()` (when it has one) refuses together."""
     node = OmegaConf.structured(cls)
     layers = read_layers(path) if path is not None else []
     for source, stage, _ in reversed(layers):  # the named file's own stage first
-        _check_stage(cls, source, stage)
+        _check_stage(cls, source, stage, layers[-1])
     for source, _, data in layers:
         _check_keys(cls, data, "", f"{source}: ")
         node = _omega(partial(OmegaConf.merge, node, data), cls, data, f"{source}: ")
@@ -79,6 +79,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         _omega(partial(OmegaConf.update, node, key, value, merge=merge), cls, nested, "")
     cfg = _omega(partial(OmegaConf.to_object, node), cls, {}, "")
     check_values(cfg)
+    if hasattr(cfg, "check"):  # relations between keys, which no single field's range can say
+        cfg.check()
     return cfg
 
 
@@ -179,14 +181,20 @@ def parse_override(item: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
-def _check_stage(cls: type, source: Path, stage: Any) -> None:
+def _check_stage(cls: type, source: Path, stage: Any, named: tuple[Path, str | None, dict]) -> None:
+    """`source` (the named file or one of its bases) is of `cls`'s stage, or says none."""
     own = getattr(cls, "STAGE", None)
     if stage is None or own is None or stage == own:
         return
     if stage not in STAGES:
         raise UserError(f"{source}: stage: {stage!r} is no stage; one of {', '.join(STAGES)}")
     number, command = STAGES[stage]
-    raise UserError(f"{source} is a config of stage {number} ({stage}): run it with {command}")
+    if source == named[0]:
+        raise UserError(f"{source} is a config of stage {number} ({stage}): run it with {command}")
+    this = f"a config of stage {STAGES[own][0]} ({own})" if own in STAGES else "a config of this stage"
+    run_it = "" if named[1] == own else f"run {named[0]} with {command}, or "
+    raise UserError(f"{named[0]}: its base {source} is a config of stage {number} ({stage}): {run_it}"
+                    f"give it a base that is {this}")
 
 
 def _check_keys(cls: type, data: dict, prefix: str, where: str) -> None:

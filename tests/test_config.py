@@ -90,10 +90,16 @@ def test_a_config_of_another_stage_says_which_command_runs_it(tmp_path):
     other.write_text("stage: pretrain\n")
     assert error(PretrainConfig, other) == (f"{other}: stage: 'pretrain' is no stage; one of pretrain_mae, "
                                             "finetune_affectnet, eri_extract, eri_train")
-    # a file of its own that builds on another stage's file is refused for the base's stage
+    # a file of its own that builds on another stage's file: the base is named as the base, and
+    # the advice fits what the file says of itself
     mixed = tmp_path / "mixed.yaml"
     mixed.write_text(f"base: {stage1}\nmodel:\n  encoder: x\n")
-    assert error(FinetuneConfig, mixed).startswith(f"{stage1} is a config of stage 1 (pretrain_mae)")
+    assert error(FinetuneConfig, mixed) == (f"{mixed}: its base {stage1} is a config of stage 1 (pretrain_mae): run "
+                                            f"{mixed} with affect-pretrain, or give it a base that is a config of "
+                                            "stage 2 (finetune_affectnet)")
+    mixed.write_text(f"stage: finetune_affectnet\nbase: {stage1}\n")
+    assert error(FinetuneConfig, mixed) == (f"{mixed}: its base {stage1} is a config of stage 1 (pretrain_mae): give "
+                                            "it a base that is a config of stage 2 (finetune_affectnet)")
 
 
 def test_base_composition_merges_mappings_and_replaces_the_rest(tmp_path):

@@ -61,6 +61,27 @@ def test_a_value_outside_its_range_is_one_line_naming_key_value_and_range(cls, o
     assert str(caught.value) == message
 
 
+NOT_TOGETHER = [  # each value is valid alone; the combination is refused at load, before any work
+    (ERIConfig, ["model.modalities=[]"], "model.modalities=[]: expected a non-empty subset of visual, audio, text "
+                                         "without repeats"),
+    (ERIConfig, ["model.modalities=[audio, audio]"], "model.modalities=['audio', 'audio']: expected a non-empty subset "
+                                                     "of visual, audio, text without repeats"),
+    (ERIConfig, ["fold=0"], "fold=0 needs folds=N with 0 <= fold < N (folds=0)"),
+    (ERIConfig, ["folds=3", "fold=3"], "fold=3 needs folds=N with 0 <= fold < N (folds=3)"),
+    (ERIConfig, ["optim.grad_accum=2"], "optim.grad_accum=2: stage 3b steps once per batch of videos; raise "
+                                        "data.batch_size instead (the paper's 16 videos fit any device)"),
+    (ExtractConfig, ["detector=dlib"], "detector=dlib: must be one of mtcnn, haar"),
+]
+
+
+@pytest.mark.parametrize("cls, overrides, message", NOT_TOGETHER, ids=[" ".join(o) for _, o, _ in NOT_TOGETHER])
+def test_keys_refused_together_are_refused_at_load(cls, overrides, message):
+    with pytest.raises(UserError) as caught:
+        load_config(cls, None, overrides)
+    assert str(caught.value) == message
+    load_config(cls, None, overrides[:-1])  # the others alone load
+
+
 def test_the_edges_of_a_range_and_null_for_an_optional_value_pass():
     cfg = load_config(PretrainConfig, None, ["model.mask_ratio=0", "data.batch_size=1", "optim.grad_clip=null",
                                              "run.compile_mode=null", "data.scale=[1, 1]"])
