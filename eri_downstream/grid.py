@@ -6,14 +6,16 @@
     python -m eri_downstream.grid --levers data.store=features             # the paper recipe and each lever
     sbatch --array=0-10 launch/slurm/eri_grid.sbatch data.store=features   # one config per array task
 
-Writes `results.md` and `results.csv` beside the runs (in `run.output_dir` when given, else
-the folder above the first configuration's own, runs/eri): each configuration's validation mean
-Pearson (or out-of-fold mean with folds=N), the task it served, the paper's development-set
-number where that is ERI (the paper reports no other task), and what it changes from the paper's
-final model (paper_vat.yaml). A configuration that fails is marked in the table, the others still
-run, and the grid exits with the first failure's status. `--levers` runs that model and each
-lever of later winners (configs/levers/: Pearson-aware and CCC losses, modality dropout,
-sentence text).
+Writes `results.md` and `results.csv` (`levers.md` / `levers.csv` with --levers) beside the runs
+(in `run.output_dir` when given, else the folder above the first configuration's own, runs/eri):
+each configuration's validation mean Pearson (or out-of-fold mean with folds=N), the task it
+served, the paper's development-set number where that is ERI (the paper reports no other task),
+and what it changes from the paper's final model (paper_vat.yaml). A configuration that fails is
+marked in the table, the others still run, and the grid exits with the first failure's status; a
+preempted one (exit 75) stops the grid with 75, to be requeued. A run folder that holds a run of
+other settings is neither resumed nor reported: its row says so. `--levers` runs the paper's
+model and each lever of later winners (configs/levers/: Pearson-aware and CCC losses, modality
+dropout, sentence text).
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ def output_dir(config: Path, overrides: list[str]) -> Path:
     for item in overrides:
         if item.startswith("run.output_dir="):
             return Path(item.split("=", 1)[1]) / config.stem
-    return Path(load_config(ERIConfig, config).run.output_dir)  # through its base, if it names one
+    return Path(load_config(ERIConfig, config, overrides).run.output_dir)  # through its base, if it names one
 
 
 def results_dir(configs: list[Path], overrides: list[str]) -> Path:
@@ -79,6 +81,24 @@ def results_dir(configs: list[Path], overrides: list[str]) -> Path:
         return output_dir(configs[0], overrides).parent
     except UserError:
         return Path(ERIConfig().run.output_dir)
+
+
+# keys that do not change what a run learns: a run folder's settings are compared without them
+NOT_SETTINGS = ("run.", "data.num_workers", "data.device_cache")
+
+
+def other_settings(run_dir: Path, config: Path, overrides: list[str]) -> list[str]:
+    """How the run already in `run_dir` (its config.yaml) differs from `config` with `overrides`,
+    as "key: then -> now"; [] for an empty folder or the same settings."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return []
+    then, now = (json.loads(json.dumps(d)) for d in (_flat(yaml.safe_load(saved.read_text()) or {}),
+                                                      resolved(config, overrides)))  # tuples as lists
+    if now.get("data.store") == "":  # the built-in store, which the run wrote down as a path
+        then.pop("data.store", None), now.pop("data.store")
+    return [f"{k}: {then.get(k)} -> {now.get(k)}" for k in sorted(set(then) | set(now))
+            if not k.startswith(NOT_SETTINGS) and then.get(k) != now.get(k)]
 
 
 def score(run_dir: Path) -> tuple[float | None, str]:
@@ -90,25 +110,76 @@ def score(run_dir: Path) -> tuple[float | None, str]:
     return None, ""
 
 
-def collect(configs: list[Path], overrides: list[str], out: Path, failed: dict[str, int] | None = None) -> str:
-    """Write results.md / results.csv in `out`; `failed`: configuration -> its exit status."""
-    rows, paper, failed = [], resolved(CONFIG_DIR / "paper_vat.yaml", overrides), failed or {}
-    for config in configs:
-        try:
-            ours, task = score(output_dir(config, overrides))
-            changed = changes(config, overrides, paper)
-        except UserError as e:  # a configuration its run refused at load: the table still has its row
-            ours, task, changed = None, "", f"refused: {e}"
-        published = PAPER.get(config.stem) if task in ("eri", "") else None  # the paper reports ERI only
-        state = f"failed (exit {failed[config.stem]})" if config.stem in failed else "not run"
-        rows.append((config.stem, ours, task, published, changed, state))
+def row(config: Path, overrides: list[str], paper: dict, failed: dict[str, int]) -> tuple:
+    """(name, score or None, task, the paper's number or None, changes, what stands for a missing score)."""
+    try:
+        run_dir, changed = output_dir(config, overrides), changes(config, overrides, paper)
+    except UserError as e:  # a configuration its run refused at load: the table still has its row
+        return config.stem, None, "", PAPER.get(config.stem), f"refused: {e}", f"failed (exit {failed.get(config.stem, 2)})"
+    stale = other_settings(run_dir, config, overrides)
+    ours, task = (None, "") if config.stem in failed or stale else score(run_dir)
+    published = PAPER.get(config.stem) if task in ("eri", "") else None  # the paper reports ERI only
+    state = (f"failed (exit {failed[config.stem]})" if config.stem in failed else
+             f"other settings in {run_dir} ({'; '.join(stale)})" if stale else "not run")
+    return config.stem, ours, task, published, changed, state
+
+
+def collect(configs: list[Path], overrides: list[str], out: Path, failed: dict[str, int] | None = None,
+            name: str = "results") -> str:
+    """Write <name>.md / <name>.csv in `out`; `failed`: configuration -> its exit status."""
+    paper = resolved(CONFIG_DIR / "paper_vat.yaml", overrides)
+    rows = [row(config, overrides, paper, failed or {}) for config in configs]
     fmt = lambda v, state: state if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| configuration | ours | task | paper (dev, ERI) | changes from paper_vat |", "|---|--:|---|--:|---|"]
     lines += [f"| {n} | {fmt(o, st)} | {t} | {'' if p is None else f'{p:.4f}'} | {c} |" for n, o, t, p, c, st in rows]
-    write_text(out / "results.md", "\n".join(lines) + "\n")
-    write_csv(out / "results.csv", ["configuration", "ours", "task", "paper", "changes"],  # changes hold commas: quoted
+    write_text(out / f"{name}.md", "\n".join(lines) + "\n")
+    write_csv(out / f"{name}.csv", ["configuration", "ours", "task", "paper", "changes"],  # changes hold commas: quoted
               ([n, st if o is None else f"{o:.6f}", t, "" if p is None else p, c] for n, o, t, p, c, st in rows))
     return "\n".join(lines)
+
+
+def chosen_configs(args) -> list[Path]:
+    """The configurations asked for; `--configs a.yaml key=value` gives --configs the overrides too
+    (nargs="*"), so a .yaml/.yml file is a configuration and anything else an override."""
+    given = [str(c) for c in args.configs or []]
+    configs = [Path(c) for c in given if c.endswith((".yaml", ".yml"))]
+    args.overrides = [c for c in given if not c.endswith((".yaml", ".yml"))] + args.overrides
+    if args.configs is not None and not configs:
+        raise UserError("--configs names no configuration file (.yaml)")
+    if configs and args.levers:
+        raise UserError("--levers is a set of configurations: give it or --configs, not both")
+    configs = configs or (lever_configs() if args.levers else table_configs())
+    missing = [str(c) for c in configs if not c.is_file()]
+    if missing:
+        raise UserError(f"configuration file(s) not found: {', '.join(missing)}")
+    stems = [c.stem for c in configs]
+    if len(set(stems)) < len(stems):  # each configuration's run folder and row are named by its file name
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise UserError(f"two configurations named {', '.join(twice)}: their runs would share a folder; rename one")
+    if args.index is not None and not 0 <= args.index < len(configs):
+        raise UserError(f"--index {args.index}: expected 0 to {len(configs) - 1} (one of the {len(configs)} "
+                        "configurations, a SLURM array task id)")
+    return configs
+
+
+def train(config: Path, args) -> int:
+    """Run (or resume) one configuration; its exit status (128 + N for a child killed by signal N)."""
+    run_dir = output_dir(config, args.overrides)
+    stale = other_settings(run_dir, config, args.overrides)
+    if stale:
+        print(f"grid: {run_dir} holds a run of {config.stem} with other settings ({'; '.join(stale)}): not resumed; "
+              "give another run.output_dir or move that run away", file=sys.stderr, flush=True)
+        return 2
+    given = any(o.startswith("run.output_dir=") for o in args.overrides)
+    overrides = [o for o in args.overrides if not o.startswith("run.output_dir=")] + \
+        ([f"run.output_dir={run_dir}"] if given else [])
+    cmd = [*shlex.split(args.launcher), str(TRAIN), "--config", str(config), "--resume", "auto", *overrides]
+    print("$", shlex.join(cmd), flush=True)
+    try:
+        status = subprocess.run(cmd).returncode
+    except FileNotFoundError:
+        raise UserError(f"--launcher {args.launcher!r}: {cmd[0]} not found") from None
+    return 128 - status if status < 0 else status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,37 +189,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levers", action="store_true", help="paper_vat.yaml and each lever of configs/levers/")
     p.add_argument("--collect", action="store_true", help="only write the results table")
     p.add_argument("--launcher", default=f"{shlex.quote(sys.executable)}", help="command that runs train.py")
-    p.add_argument("--results", type=Path, help="where results.md/csv go (default: beside the runs: run.output_dir "
+    p.add_argument("--results", type=Path, help="where the table goes (default: beside the runs: run.output_dir "
                    "when given, else the folder above the first configuration's output_dir)")
     p.add_argument("overrides", nargs="*", help="key=value for every configuration, e.g. data.store=features")
     args = p.parse_args(argv)
-    # `--configs a.yaml b.yaml key=value` gives --configs the overrides too (nargs="*"): a config
-    # file is a path, an override has an "="
-    args.overrides = [str(c) for c in args.configs or [] if "=" in str(c)] + args.overrides
-    args.configs = [c for c in args.configs or [] if "=" not in str(c)]
-    configs = args.configs or (lever_configs() if args.levers else table_configs())
-    missing = [str(c) for c in configs if not c.is_file()]
-    if missing:
-        raise UserError(f"configuration file(s) not found: {', '.join(missing)}")
+    configs = chosen_configs(args)
     failed: dict[str, int] = {}
-    if not args.collect:
-        if args.index is not None and not 0 <= args.index < len(configs):
-            raise UserError(f"--index {args.index}: expected 0 to {len(configs) - 1} (one of the {len(configs)} "
-                            "configurations, a SLURM array task id)")
-        chosen = configs if args.index is None else [configs[args.index]]
-        for config in chosen:
-            extra = [f"run.output_dir={output_dir(config, args.overrides)}"] if any(
-                o.startswith("run.output_dir=") for o in args.overrides) else []
-            overrides = [o for o in args.overrides if not o.startswith("run.output_dir=")] + extra
-            cmd = [*shlex.split(args.launcher), str(TRAIN), "--config", str(config), "--resume", "auto", *overrides]
-            print("$", shlex.join(cmd), flush=True)
-            status = subprocess.run(cmd).returncode
-            if status:
-                failed[config.stem] = status
-                print(f"grid: {config.stem} failed (exit {status}); going on with the others", file=sys.stderr, flush=True)
-    out = args.results or results_dir(configs, args.overrides)
-    print(collect(configs, args.overrides, out, failed))
-    print(f"grid: the table is in {out / 'results.md'} and {out / 'results.csv'}", file=sys.stderr)
+    for config in [] if args.collect else configs if args.index is None else [configs[args.index]]:
+        from shared.training.preemption import EXIT_REQUEUE  # torch: only when training
+        status = train(config, args)
+        if status == EXIT_REQUEUE:  # preempted: the job is requeued and resumes this configuration
+            print(f"grid: {config.stem} was preempted (exit 75): stopping here to be requeued", file=sys.stderr)
+            return status
+        if status:
+            failed[config.stem] = status
+            print(f"grid: {config.stem} failed (exit {status}); going on with the others", file=sys.stderr, flush=True)
+    out, name = args.results or results_dir(configs, args.overrides), "levers" if args.levers else "results"
+    print(collect(configs, args.overrides, out, failed, name))
+    print(f"grid: the table is in {out / (name + '.md')} and {out / (name + '.csv')}", file=sys.stderr)
     return next(iter(failed.values()), 0)
 
 

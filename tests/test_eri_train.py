@@ -183,22 +183,6 @@ def test_grid_tabulates_configurations_beside_the_paper(store, tmp_path):
     assert "| table2_v |" in proc.stdout
 
 
-def test_the_grid_gives_the_papers_number_for_eri_runs_only(tmp_path):
-    """The paper reports ERI: an EMI run of a table configuration has no paper number beside it."""
-    from eri_downstream.grid import CONFIG_DIR, main
-    runs = tmp_path / "runs"
-    for name, task in (("table2_v", "emi"), ("table2_a", "eri")):
-        (runs / name).mkdir(parents=True)
-        (runs / name / "report.json").write_text(json.dumps({"mean": 0.25, "task": task}))
-    configs = [str(CONFIG_DIR / f"{name}.yaml") for name in ("table2_v", "table2_a", "table2_va")]
-    assert main(["--collect", "--configs", *configs, f"run.output_dir={runs}"]) == 0
-    with open(runs / "results.csv", newline="") as f:
-        rows = {r["configuration"]: r for r in csv.DictReader(f)}
-    assert (rows["table2_v"]["task"], rows["table2_v"]["paper"]) == ("emi", "")
-    assert (rows["table2_a"]["task"], rows["table2_a"]["paper"], rows["table2_a"]["ours"]) == ("eri", "0.185", "0.250000")
-    assert (rows["table2_va"]["ours"], rows["table2_va"]["paper"]) == ("not run", "0.4098")
-
-
 def _face_track(crops):
     from eri_downstream.faces import FaceTrack
     t = len(crops)

@@ -115,7 +115,7 @@ def test_the_grid_compares_the_paper_recipe_with_each_lever(store, tmp_path):  #
         fs.save("sentence", path.stem, tokens.float().mean(0, keepdim=True), status="ok")
     proc = run_stage("eri_downstream/grid.py", "--levers", "--results", str(tmp_path / "results"),
                      *tiny(store, tmp_path / "grid", "epochs=8"), timeout=900)
-    with open(tmp_path / "results" / "results.csv", newline="") as f:
+    with open(tmp_path / "results" / "levers.csv", newline="") as f:  # not the tables' results.csv
         rows = {r["configuration"]: r for r in csv.DictReader(f)}
     assert rows["paper_vat"]["changes"] == "none" and rows["paper_vat"]["paper"] == "0.415"
     assert rows["ccc"]["changes"] == "loss=ccc" and rows["mse_pearson"]["changes"] == "loss=mse+pearson"
