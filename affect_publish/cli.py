@@ -23,10 +23,16 @@ from affect_publish.licences import DEFAULT_LICENSE, hub_license
 from affect_publish.runs import Run, open_run
 
 
+def _folder(text: str) -> Path:
+    if not text.strip():  # Path("") is ".", which would publish whatever is here
+        raise argparse.ArgumentTypeError("empty; give a run folder (a stage's run.output_dir)")
+    return Path(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="affect-publish", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, metavar="RUN_DIR", help="the run folder (a stage's run.output_dir)")
+    p.add_argument("run", type=_folder, metavar="RUN_DIR", help="the run folder (a stage's run.output_dir)")
     p.add_argument("--out", type=Path, required=True, metavar="FOLDER", help="the folder to write (new or empty)")
     p.add_argument("--repo-id", metavar="USER/NAME", help="upload to this Hub model repository; without it, a dry run")
     p.add_argument("--private", action="store_true", help="create the repository private")
@@ -115,6 +121,17 @@ def _check_upload_options(args) -> None:
                         "expected user/name") from None
 
 
+def upload_command(args) -> str:
+    """This dry run's command again, every option that shaped the folder kept, to add --repo-id to."""
+    import shlex
+    chosen = [(flag, value) for flag, value in (("--weights", args.weights), ("--fold", args.fold),
+                                                ("--base-model", args.base_model)) if value is not None]
+    if args.license != DEFAULT_LICENSE:
+        chosen.append(("--license", args.license))
+    return shlex.join(["affect-publish", str(args.run), "--out", str(args.out), "--overwrite",
+                       *(str(item) for pair in chosen for item in pair)])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _check_upload_options(args)
@@ -124,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     out = write_folder(run, args.out, repo_id=args.repo_id, license=args.license, base_model=args.base_model)
     print(summary(run, out))
     if not args.repo_id:
-        print(f"dry run: nothing uploaded. To upload it to a Hub model repository (its name then fills in the "
-              f"card's loading code): affect-publish {args.run} --out {args.out} --overwrite --repo-id USER/NAME "
-              "[--private]")
+        print("dry run: nothing uploaded. To upload it to a Hub model repository (its name then fills in the card's "
+              f"loading code): {upload_command(args)} --repo-id USER/NAME [--private]")
         return 0
     from affect_publish.hub import upload
     url = upload(out, args.repo_id, private=args.private, revision=args.revision,
@@ -138,3 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     raise SystemExit(run_cli(main, prog="affect-publish"))
+
+
+if __name__ == "__main__":  # python -m affect_publish.cli, as python -m affect_publish
+    entry()

@@ -5,6 +5,7 @@ trained on any of them are published under a non-commercial licence by default.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from shared.errors import UserError
@@ -38,9 +39,10 @@ DATASETS = {d.key: d for d in (
 
 
 def hub_license(value: str) -> str:
-    """The model card's `license:` for `value`: an SPDX licence identifier, lower-cased as the Hub
-    writes them (cc-by-nc-4.0, apache-2.0), or "other". Raises UserError for anything else (an
-    expression such as "mit OR apache-2.0" included: the Hub's field holds one licence)."""
+    """The model card's `license:` for `value`: one SPDX licence identifier, lower-cased (cc-by-nc-4.0,
+    apache-2.0: the Hub's licence ids are mostly these), or "other". Raises UserError for anything
+    else: an expression such as "mit OR apache-2.0" or "(mit)" (the Hub's field holds one licence),
+    a LicenseRef- of one's own (use "other"), a name SPDX does not list."""
     from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
     if value.lower() == "other":
         return "other"
@@ -48,8 +50,11 @@ def hub_license(value: str) -> str:
         canonical = canonicalize_license_expression(value)
     except InvalidLicenseExpression:
         canonical = None
-    if canonical is None or " " in canonical:
+    # one listed licence: not an expression ("mit OR apache-2.0", "(mit)") nor a LicenseRef-
+    # of the user's own, for which the Hub has "other"
+    if canonical is None or not re.fullmatch(r"[A-Za-z0-9.+-]+", canonical) or canonical.startswith("LicenseRef-"):
         raise UserError(f"--license {value!r}: expected one SPDX licence identifier, e.g. {DEFAULT_LICENSE} (the "
-                        "default: the data is for non-commercial research) or apache-2.0, or 'other'")
+                        "default: the data is for non-commercial research) or apache-2.0, or 'other' for any licence "
+                        "SPDX does not list")
     return canonical.lower()
 

@@ -54,35 +54,59 @@ def weight_name(weights: str | None, fold: int | None) -> str | None:
     return f"fold_{fold}" if fold is not None else weights
 
 
+def _weights_at(outputs: dict, rel: Path) -> str | None:
+    """The set of weights whose declared files are at (or inside) `rel`, a path in the run folder."""
+    for name, chosen in (outputs.get("weights") or {}).items():
+        for entry in chosen["files"].values():
+            declared = Path(entry["path"]).parts
+            if declared[:len(rel.parts)] == rel.parts or rel.parts[:len(declared)] == declared:
+                return name
+    return None
+
+
+def _as_given(folder: Path, levels: int) -> Path:
+    """`folder`'s ancestor `levels` up, in the user's own terms (relative stays relative) when it can be."""
+    up = Path(folder)
+    for _ in range(levels):
+        up = up.parent
+    return up if up.resolve() == folder.resolve().parents[levels - 1] else folder.resolve().parents[levels - 1]
+
+
 def where_the_run_is(folder: Path) -> None:
     """For a folder without run.json: a UserError naming the run it is part of (a fold, the best
-    weights, an export) with the option that picks those weights, or the runs it holds (the demo's
-    output folder); returns when it is neither."""
+    weights, an export, a training state) with the option that picks those weights, the runs it
+    holds (the demo's output folder), or that it is a published folder; returns when none holds."""
     here = folder.resolve()
-    for parent in list(here.parents)[:3]:
+    for levels, parent in enumerate(list(here.parents)[:4], start=1):
         if (parent / NAME).is_file():
-            part, outputs = here.relative_to(parent).parts[0], read_run_record(parent)["outputs"]
-            name = next((name for name, chosen in (outputs.get("weights") or {}).items()
-                         if any(Path(e["path"]).parts[0] == part for e in chosen["files"].values())), None)
+            outputs, run = read_run_record(parent)["outputs"], _as_given(folder, levels)
+            name = _weights_at(outputs, here.relative_to(parent))
             pick = ("" if name in (None, outputs.get("default")) else
                     f" --fold {name.removeprefix('fold_')}" if name.startswith("fold_") else f" --weights {name}")
-            raise UserError(f"{folder} is part of the run {parent}; publish the run: affect-publish {parent}{pick} "
-                            "--out FOLDER")
-    held = sorted(p.parent for p in [*here.glob(f"*/{NAME}"), *here.glob(f"*/*/{NAME}")])
+            raise UserError(f"{folder} is part of the run {run}; publish the run: affect-publish {run}{pick} --out FOLDER")
+    published = lambda p: (p / "README.md").is_file() and (p / "config.json").is_file()  # noqa: E731
+    if published(here):
+        raise UserError(f"{folder} is a published folder (what affect-publish writes), not a run; give the run it "
+                        "came from, or upload this folder as it is with huggingface_hub's upload_folder")
+    if any(published(p) for p in here.iterdir() if p.is_dir()):
+        raise UserError(f"{folder} holds published folders (what affect-publish writes), not runs; give the run "
+                        "that one came from")
+    held = sorted({p.parent.resolve(): p.parent for p in [*here.glob(f"*/{NAME}"), *here.glob(f"*/*/{NAME}")]}.values())
     if held:
         names = ", ".join(str(p.relative_to(here)) for p in held)
-        raise UserError(f"{folder} holds {len(held)} runs ({names}); publish one of them, e.g. affect-publish "
-                        f"{folder / held[0].relative_to(here)} --out FOLDER")
+        example = next((p for p in held if read_run_record(p)["outputs"].get("weights")), held[0])
+        raise UserError(f"{folder} holds {len(held)} run{'s' if len(held) > 1 else ''} ({names}); publish one of "
+                        f"them, e.g. affect-publish {Path(folder) / example.relative_to(here)} --out FOLDER")
 
 
 def open_run(path, *, weights: str | None = None, fold: int | None = None) -> Run:
     """The run at `path` and the weights to publish: `weights` names a set of run.json (default:
     the run's own choice), `fold` N is the set fold_N of a cross-validation run."""
     root = Path(path)
+    if root.is_file():
+        raise UserError(f"{root} is a file; give the run folder it is in (a stage's run.output_dir)")
     if not root.is_dir():
         raise UserError(f"{root}: no such folder; give a run folder (a stage's run.output_dir)")
-    if root.parent.name == "checkpoints":
-        raise UserError(f"{root} is a training state; give its run folder, {root.parent.parent}")
     if not (root / NAME).is_file():
         where_the_run_is(root)
     record = read_run_record(root)

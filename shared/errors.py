@@ -62,6 +62,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     other exception one line and status 1. `--debug` anywhere in argv also prints the traceback.
     `prog` names the command in the line (default: the name a launcher gave, else the script's
     file name)."""
+    if argv is None and getattr(sys.modules.get("__main__"), "__spec__", None) is not None:
+        sys.argv[0] = _script_name(sys.argv[0])  # argparse's usage and errors name `python -m pkg.mod`, not mod.py
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = prog or os.environ.pop(PROG_ENV, None)  # popped: not the name of a command this one starts
     debug = "--debug" in argv
@@ -83,11 +85,12 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
 
 
 def _script_name(argv0: str) -> str:
-    """The command as typed: `python -m package` runs package/__main__.py, which names nothing."""
-    parts = argv0.rstrip("/").split("/")
-    if parts[-1] == "__main__.py" and len(parts) > 1:
-        return f"python -m {parts[-2]}"
-    return parts[-1] or "command"
+    """The command as typed: `python -m pkg.mod` sets __main__'s spec (a script's is None), and
+    argv[0] names only its file."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return argv0.rstrip("/").rsplit("/", 1)[-1] or "command"
 
 
 def _report(err: BaseException, message: str, status: int, debug: bool, prog: str | None) -> int:

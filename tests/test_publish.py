@@ -8,6 +8,7 @@ goes to a stand-in HfApi."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -373,18 +374,23 @@ def test_a_folder_in_a_run_or_holding_runs_names_the_run_to_publish(pretrain_run
     assert f"affect-publish {finetune_run} --weights final --out" in line(finetune_run / "export" / "encoder")
     assert f"affect-publish {eri_cv_run} --fold 1 --out" in line(eri_cv_run / "fold_1")
     assert f"affect-publish {pretrain_run} --out" in line(pretrain_run / "export")  # its only weights: no option
+    state = next((pretrain_run / "checkpoints").iterdir())
+    assert f"is part of the run {pretrain_run}; publish the run" in line(state)
     held = line(pretrain_run.parent)  # a folder of runs, as the demo's output folder is
-    assert "holds 5 runs (affectnet, eri, eri_cv, features, mae)" in held and "publish one of them" in held
+    assert re.search(r"holds \d+ runs \(affectnet, eri, .*features, mae\); publish one of them, e.g. affect-publish "
+                     + re.escape(f"{pretrain_run.parent / 'affectnet'} --out"), held), held
+    assert line(pretrain_run / "run.json").endswith("run.json is a file; give the run folder it is in (a stage's run.output_dir)")
+    published = tmp_path / "published"
+    publish(pretrain_run, published / "mae", capsys=capsys)
+    assert "is a published folder (what affect-publish writes), not a run" in line(published / "mae")
+    assert "holds published folders (what affect-publish writes), not runs" in line(published)
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("given, written", [("CC-BY-NC-4.0", "cc-by-nc-4.0"), ("apache-2.0", "apache-2.0"),
-                                            ("other", "other"), ("mit OR apache-2.0", None), ("cc-by-nc", None)])
-def test_the_licence_is_one_spdx_identifier_or_other(pretrain_run, tmp_path, capsys, given, written):
-    if written is None:
-        assert run_cli(cli.main, [str(pretrain_run), "--out", str(tmp_path / "o"), "--license", given]) == 2
-        assert f"--license {given!r}: expected one SPDX licence identifier" in capsys.readouterr().err
-        assert not (tmp_path / "o").exists()
-    else:
-        publish(pretrain_run, tmp_path / "o", "--license", given, capsys=capsys)
-        assert card(tmp_path / "o").data.license == written
+def test_the_dry_run_says_how_to_upload_the_same_folder(eri_cv_run, tmp_path, capsys):
+    printed = publish(eri_cv_run, tmp_path / "o", "--fold", "1", "--license", "Apache-2.0", capsys=capsys)
+    assert (f"affect-publish {eri_cv_run} --out {tmp_path / 'o'} --overwrite --fold 1 --license apache-2.0 "
+            "--repo-id USER/NAME") in printed
+    assert card(tmp_path / "o").data.license == "apache-2.0"  # as the Hub writes SPDX ids
+    assert run_cli(cli.main, [str(eri_cv_run), "--out", str(tmp_path / "p"), "--license", "mit OR apache-2.0"]) == 2
+    assert "--license 'mit OR apache-2.0': expected one SPDX licence identifier" in capsys.readouterr().err
