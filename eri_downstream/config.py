@@ -67,8 +67,16 @@ class ERIConfig:
         if not modalities or len(set(modalities)) != len(modalities):
             raise UserError(f"model.modalities={list(modalities)}: expected a non-empty subset of visual, audio, text "
                             "without repeats")
+        if self.folds == 1:
+            raise UserError("folds=1: cross-validation needs folds >= 2 (folds=0 trains on train and selects on val)")
         if self.fold is not None and not self.fold < self.folds:
             raise UserError(f"fold={self.fold} needs folds=N with 0 <= fold < N (folds={self.folds})")
+        if self.modality_dropout and len(modalities) == 1:
+            raise UserError(f"modality_dropout={self.modality_dropout} never drops a video's last modality, so with "
+                            f"model.modalities={list(modalities)} it does nothing: set it to 0 or add a modality")
+        if self.data.text_features != "text" and "text" not in modalities:
+            raise UserError(f"data.text_features={self.data.text_features} is the text branch's input, and "
+                            f"model.modalities={list(modalities)} has no text branch: add text or leave it at text")
         if self.optim.grad_accum != 1:  # one optimizer step per batch of videos, as the epoch hooks count them
             raise UserError(f"optim.grad_accum={self.optim.grad_accum}: stage 3b steps once per batch of videos; "
                             "raise data.batch_size instead (the paper's 16 videos fit any device)")
@@ -95,7 +103,7 @@ class ExtractConfig:
     task: str | None = one_of(None, None, "eri", "emi")
     splits: list[str] = one_of(["train", "val", "test"], "train", "val", "test")  # the splits to process
     overwrite: bool = False  # redo finished videos too
-    detector: str = one_of("mtcnn", "mtcnn", "haar")  # face detector (eri_downstream/faces.py DETECTORS)
+    detector: str = one_of("mtcnn", "mtcnn", "haar")  # face detector: mtcnn | haar (eri_downstream/faces.py DETECTORS)
     fps: float = ranged(6.0, gt=0)  # face frames kept per second of video
     # face crops as face-shards makes them (shared/face_crop.py), so the frozen encoder sees faces
     # framed as in its stage-2 evaluation: keep both equal to the encoder's shards

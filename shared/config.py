@@ -143,6 +143,8 @@ def read_layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Pa
     base_path = path.parent / base
     if base_path.resolve() in _seen + (path.resolve(),):
         raise UserError(f"{path}: base: {base} is a base of itself")
+    if not base_path.is_file():  # relative to the file that names it, not to where the command runs
+        raise UserError(f"{path}: base: {base} not found (looked for {base_path})")
     return read_layers(base_path, _seen + (path.resolve(),)) + [(path, stage, data)]
 
 

@@ -118,7 +118,8 @@ def test_base_composition_merges_mappings_and_replaces_the_rest(tmp_path):
     (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
     assert error(PretrainConfig, tmp_path / "loop.yaml") == f"{tmp_path / 'loop2.yaml'}: base: loop.yaml is a base of itself"
     (tmp_path / "orphan.yaml").write_text("base: gone.yaml\n")
-    assert error(PretrainConfig, tmp_path / "orphan.yaml") == f"{tmp_path / 'gone.yaml'}: config file not found"
+    assert error(PretrainConfig, tmp_path / "orphan.yaml") == (f"{tmp_path / 'orphan.yaml'}: base: gone.yaml not found "
+                                                               f"(looked for {tmp_path / 'gone.yaml'})")
 
 
 # each table config: exactly these keys differ from paper_vat.yaml's resolution

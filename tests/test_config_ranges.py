@@ -51,6 +51,7 @@ OUT_OF_RANGE = [
                                                    "audio, text (not video)"),
     (ERIConfig, "ema_decay=1", "ema_decay=1.0: must be in [0, 1)"),
     (ERIConfig, "run.log_every=0", "run.log_every=0: must be >= 1"),
+    (ExtractConfig, "detector=dlib", "detector=dlib: must be one of mtcnn, haar"),
 ]
 
 
@@ -61,7 +62,7 @@ def test_a_value_outside_its_range_is_one_line_naming_key_value_and_range(cls, o
     assert str(caught.value) == message
 
 
-NOT_TOGETHER = [  # each value is valid alone; the combination is refused at load, before any work
+NOT_TOGETHER = [  # values valid alone (folds=1 aside) and not together: refused at load, before any work
     (ERIConfig, ["model.modalities=[]"], "model.modalities=[]: expected a non-empty subset of visual, audio, text "
                                          "without repeats"),
     (ERIConfig, ["model.modalities=[audio, audio]"], "model.modalities=['audio', 'audio']: expected a non-empty subset "
@@ -70,7 +71,13 @@ NOT_TOGETHER = [  # each value is valid alone; the combination is refused at loa
     (ERIConfig, ["folds=3", "fold=3"], "fold=3 needs folds=N with 0 <= fold < N (folds=3)"),
     (ERIConfig, ["optim.grad_accum=2"], "optim.grad_accum=2: stage 3b steps once per batch of videos; raise "
                                         "data.batch_size instead (the paper's 16 videos fit any device)"),
-    (ExtractConfig, ["detector=dlib"], "detector=dlib: must be one of mtcnn, haar"),
+    (ERIConfig, ["folds=1"], "folds=1: cross-validation needs folds >= 2 (folds=0 trains on train and selects on val)"),
+    (ERIConfig, ["model.modalities=[visual]", "modality_dropout=0.3"],
+     "modality_dropout=0.3 never drops a video's last modality, so with model.modalities=['visual'] it does nothing: "
+     "set it to 0 or add a modality"),
+    (ERIConfig, ["model.modalities=[visual, audio]", "data.text_features=sentence"],
+     "data.text_features=sentence is the text branch's input, and model.modalities=['visual', 'audio'] has no text "
+     "branch: add text or leave it at text"),
 ]
 
 
