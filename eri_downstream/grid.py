@@ -30,7 +30,7 @@ import yaml
 
 from eri_downstream.config import ERIConfig
 from shared.atomic import write_csv, write_text
-from shared.config import load_config, to_dict
+from shared.config import flat, load_config, setting_changes, to_dict
 from shared.errors import UserError, run_cli
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -49,23 +49,13 @@ def lever_configs() -> list[Path]:
 
 def resolved(config: Path, overrides: list[str]) -> dict:
     """`config` with `overrides` (run.* aside), as flat key -> value."""
-    return _flat(to_dict(load_config(ERIConfig, config, [o for o in overrides if not o.startswith("run.")])))
+    return flat(to_dict(load_config(ERIConfig, config, [o for o in overrides if not o.startswith("run.")])))
 
 
 def changes(config: Path, overrides: list[str], paper: dict) -> str:
     """The keys whose resolved value differs from `paper` (paper_vat.yaml's, resolved) as key=value."""
     return ", ".join(f"{k}={v}" for k, v in sorted(resolved(config, overrides).items())
                      if not k.startswith("run.") and paper.get(k) != v) or "none"
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def output_dir(config: Path, overrides: list[str]) -> Path:
@@ -93,12 +83,11 @@ def other_settings(run_dir: Path, config: Path, overrides: list[str]) -> list[st
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return []
-    then, now = (json.loads(json.dumps(d)) for d in (_flat(yaml.safe_load(saved.read_text()) or {}),
-                                                      resolved(config, overrides)))  # tuples as lists
-    if now.get("data.store") == "":  # the built-in store, which the run wrote down as a path
-        then.pop("data.store", None), now.pop("data.store")
-    return [f"{k}: {then.get(k)} -> {now.get(k)}" for k in sorted(set(then) | set(now))
-            if not k.startswith(NOT_SETTINGS) and then.get(k) != now.get(k)]
+    then = yaml.safe_load(saved.read_text()) or {}
+    now = to_dict(load_config(ERIConfig, config, [o for o in overrides if not o.startswith("run.")]))
+    if not now["data"]["store"]:  # the built-in store, which the run wrote down as a path
+        then.get("data", {}).pop("store", None), now["data"].pop("store")
+    return setting_changes(then, now, NOT_SETTINGS)
 
 
 def score(run_dir: Path) -> tuple[float | None, str]:

@@ -100,6 +100,25 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return _plain(dataclasses.asdict(cfg))
 
 
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A resolved configuration as dotted key -> value (a non-empty mapping value is opened up)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def setting_changes(then: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...] = ("run.",)) -> list[str]:
+    """How resolved configuration `now` differs from `then` (both nested, as to_dict or a saved
+    config.yaml gives them), as "key: then -> now", keys starting with an `ignore` prefix aside."""
+    a, b = flat(_plain(then)), flat(_plain(now))
+    return [f"{k}: {_flow(a.get(k))} -> {_flow(b.get(k))}" for k in sorted(set(a) | set(b))
+            if not k.startswith(ignore) and a.get(k) != b.get(k)]
+
+
 def parse_cli(argv: list[str] | None, description: str) -> argparse.Namespace:
     """The command line every stage takes: [--config FILE] [--resume auto|STATE] [--print-config]
     [key=value ...]."""

@@ -141,6 +141,23 @@ def test_every_stage_refuses_a_resume_whose_data_settings_changed(tmp_path, conf
     assert not any(k.endswith(("total_steps", "epochs", "output_dir", "num_workers")) for k in keys)
 
 
+def test_a_resume_with_other_settings_says_which(tmp_path, caplog):
+    """Other settings may resume (a new lr, more epochs), but never without a word."""
+    acc, model, _ = accelerator(torch.nn.Linear(2, 1))
+    checkpointer = Checkpointer(acc, tmp_path)
+    saved = to_dict(ERIConfig())
+    checkpointer.save(6, {"stream": {}}, saved)
+    new = json.loads(json.dumps(saved))
+    new["optim"]["lr"], new["data"]["text_features"], new["run"]["output_dir"] = 2e-4, "sentence", "elsewhere"
+    with caplog.at_level(logging.WARNING):
+        assert checkpointer.restore("auto", NoData(), new, ERI_KEYS)[0] == 6
+    said = [r.getMessage() for r in caplog.records if "settings other than its own" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("data.text_features: text -> sentence; optim.lr: 0.0001 -> 0.0002"), said
+    caplog.clear()
+    checkpointer.restore("auto", NoData(), saved, ERI_KEYS)
+    assert not any("settings other than its own" in r.getMessage() for r in caplog.records)
+
+
 # -- official checkpoint variants (kind 9) -----------------------------------------------------
 def finetuned_official(path, mae) -> str:
     """The layout of facebookresearch/mae's fine-tuned checkpoints (global pooling): the encoder

@@ -25,6 +25,7 @@ import yaml
 from safetensors import safe_open
 
 from ..atomic import seal_folder, write_json, write_yaml
+from ..config import setting_changes
 from ..errors import RunError, UserError, one_line
 from ..provenance import code_version
 from ..recognise import described, recognise
@@ -211,7 +212,8 @@ class Checkpointer:
 
 def _same_data_settings(state: Path, config: dict[str, Any], keys: tuple[str, ...]) -> None:
     """UserError on the first key in `keys` whose value differs between `config` and the
-    state's config.yaml (a state without one is from before this check: nothing to compare)."""
+    state's config.yaml (a state without one is from before this check: nothing to compare); a
+    warning naming every other setting (run.* aside) that differs."""
     saved_file = state / "config.yaml"
     if not saved_file.is_file():
         log.warning("%s has no config.yaml: cannot check that the data settings match", state)
@@ -223,6 +225,9 @@ def _same_data_settings(state: Path, config: dict[str, Any], keys: tuple[str, ..
             raise UserError(f"--resume {state}: {key} is {new!r} now but {old!r} in that state; it decides which "
                             f"samples each step reads, so resuming with another value would replay or skip data "
                             f"without a word: resume with {key}={json.dumps(old)}, or start a new run in another run.output_dir")
+    changed = setting_changes(saved, config)  # allowed (a new lr, more epochs), but never unsaid
+    if changed:
+        log.warning("resuming %s with settings other than its own: %s", state, "; ".join(changed))
 
 
 def _lookup(config: dict[str, Any], key: str) -> Any:
