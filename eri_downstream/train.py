@@ -44,7 +44,7 @@ from shared.errors import UserError, run_cli
 from shared.launcher import launch
 from shared.recognise import described
 from shared.stream.reading import derive_seed
-from shared.training.checkpoint import Checkpointer
+from shared.training.checkpoint import Checkpointer, check_run_folder
 from shared.training.loop import Hook, train
 from shared.training.optim import adamw
 from shared.training.preemption import EXIT_REQUEUE, StopRequest
@@ -275,6 +275,8 @@ def main(argv=None) -> int:
     refuse_sharding(acc, "stage 3b (a model of a few MB)")
     run_dir = Path(cfg.run.output_dir)
     resolved = to_dict(cfg)
+    if cfg.run.resume:  # the folder's own config.yaml is the last word on what ran there: checked, then replaced
+        check_run_folder(run_dir, resolved, RESUME_KEYS, finished=finished(run_dir, cfg))
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(run_dir / "config.yaml", resolved)
@@ -307,6 +309,13 @@ def main(argv=None) -> int:
         log.info("done: %s", json.dumps(summary))
     acc.end_training()
     return 0
+
+
+def finished(run_dir: Path, cfg: ERIConfig) -> bool:
+    """Whether `run_dir` holds results of the run already, which run_fold reads back untrained."""
+    if cfg.folds:  # any finished fold: it would be read back, whatever the settings now
+        return any((run_dir / f"fold_{i}" / "report.json").is_file() for i in range(cfg.folds))
+    return (run_dir / "report.json").is_file()
 
 
 def entry() -> None:

@@ -111,12 +111,20 @@ def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def setting_changes(then: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...] = ("run.",)) -> list[str]:
+# keys that say where a run goes, how it is watched and which part of it this job does (stage
+# 3b's `fold`, a SLURM array task), not what it learns
+NOT_LEARNED = ("run.output_dir", "run.resume", "run.log_every", "run.save_every", "run.keep_last",
+               "run.stop_check_every", "run.trackers", "run.project", "data.num_workers", "data.device_cache", "fold")
+
+
+def setting_changes(then: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...] = NOT_LEARNED) -> list[str]:
     """How resolved configuration `now` differs from `then` (both nested, as to_dict or a saved
-    config.yaml gives them), as "key: then -> now", keys starting with an `ignore` prefix aside."""
+    config.yaml gives them), as "key: then -> now". The keys in `ignore` (an item ending in "."
+    stands for a section), and keys only one side has (a setting added or removed by another
+    version), are left out."""
     a, b = flat(_plain(then)), flat(_plain(now))
-    return [f"{k}: {_flow(a.get(k))} -> {_flow(b.get(k))}" for k in sorted(set(a) | set(b))
-            if not k.startswith(ignore) and a.get(k) != b.get(k)]
+    skip = lambda k: any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore)  # noqa: E731
+    return [f"{k}: {_flow(a[k])} -> {_flow(b[k])}" for k in sorted(set(a) & set(b)) if not skip(k) and a[k] != b[k]]
 
 
 def parse_cli(argv: list[str] | None, description: str) -> argparse.Namespace:
@@ -163,7 +171,8 @@ def read_layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Pa
     if base_path.resolve() in _seen + (path.resolve(),):
         raise UserError(f"{path}: base: {base} is a base of itself")
     if not base_path.is_file():  # relative to the file that names it, not to where the command runs
-        raise UserError(f"{path}: base: {base} not found (looked for {base_path})")
+        what = "is a folder, not a config file" if base_path.is_dir() else "not found"
+        raise UserError(f"{path}: base: {base} {what} (looked for {base_path})")
     return read_layers(base_path, _seen + (path.resolve(),)) + [(path, stage, data)]
 
 

@@ -126,11 +126,20 @@ def test_resume_after_a_signal_gives_the_same_losses(store, tmp_path):
     wait_for_steps(parts, 7, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 75
+    saved = (parts / "config.yaml").read_bytes()
+    refused = run_stage(SCRIPT, "--resume", "auto", *tiny(store, parts, *args, "data.batch_size=4"), check=False)
+    assert refused.returncode == 2 and "data.batch_size is 4 now but 8 in that state" in refused.stderr
+    assert (parts / "config.yaml").read_bytes() == saved  # what ran there is still on record
     run_stage(SCRIPT, "--resume", "auto", *tiny(store, parts, *args))
     a, b = metrics(whole), metrics(parts)
     assert sorted(a) == sorted(b)
     for step in a:
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-6), step
+    # finished: other settings would read its results back untrained, so they are refused
+    saved = (parts / "config.yaml").read_bytes()
+    refused = run_stage(SCRIPT, "--resume", "auto", *tiny(store, parts, "epochs=7", *args[1:]), check=False)
+    assert refused.returncode == 2 and f"{parts} holds a finished run of other settings (epochs: 6 -> 7)" in refused.stderr
+    assert (parts / "config.yaml").read_bytes() == saved
 
 
 def test_two_processes_match_one_and_evaluate_every_video_once(store, tmp_path):

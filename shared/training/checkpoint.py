@@ -210,10 +210,27 @@ class Checkpointer:
         shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _same_data_settings(state: Path, config: dict[str, Any], keys: tuple[str, ...]) -> None:
+def check_run_folder(run_dir: Path, config: dict[str, Any], keys: tuple[str, ...], finished: bool) -> None:
+    """Before a resumed run writes its config.yaml over the one in `run_dir`: refuse what its
+    saved states would refuse (a changed key of `keys`), and a finished run of other settings,
+    which would not be trained again (its results are read back as they are); else as
+    `restore` does, a warning naming each other setting that changed. A folder without a saved
+    state or results (a run that stopped before its first save) starts afresh: nothing to check."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or not (finished or any(run_dir.glob("checkpoints/step_*"))
+                                   or any(run_dir.glob("fold_*/checkpoints/step_*"))):
+        return
+    changed = setting_changes(yaml.safe_load(saved.read_text()) or {}, config)
+    if finished and changed:
+        raise UserError(f"{run_dir} holds a finished run of other settings ({'; '.join(changed)}): it is not trained "
+                        "again; give another run.output_dir, or its own settings to read its results")
+    _same_data_settings(run_dir, config, keys, say_others=False)  # restore says them, state by state
+
+
+def _same_data_settings(state: Path, config: dict[str, Any], keys: tuple[str, ...], say_others: bool = True) -> None:
     """UserError on the first key in `keys` whose value differs between `config` and the
     state's config.yaml (a state without one is from before this check: nothing to compare); a
-    warning naming every other setting (run.* aside) that differs."""
+    warning naming every other setting that changes what is learned (NOT_LEARNED aside)."""
     saved_file = state / "config.yaml"
     if not saved_file.is_file():
         log.warning("%s has no config.yaml: cannot check that the data settings match", state)
@@ -225,7 +242,7 @@ def _same_data_settings(state: Path, config: dict[str, Any], keys: tuple[str, ..
             raise UserError(f"--resume {state}: {key} is {new!r} now but {old!r} in that state; it decides which "
                             f"samples each step reads, so resuming with another value would replay or skip data "
                             f"without a word: resume with {key}={json.dumps(old)}, or start a new run in another run.output_dir")
-    changed = setting_changes(saved, config)  # allowed (a new lr, more epochs), but never unsaid
+    changed = setting_changes(saved, config) if say_others else []  # allowed (a new lr, more epochs), never unsaid
     if changed:
         log.warning("resuming %s with settings other than its own: %s", state, "; ".join(changed))
 
