@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from eri_downstream.config import ERIConfig
+from shared import builtin_data
 from shared.atomic import write_csv, write_text
 from shared.config import flat, load_config, setting_changes, to_dict
 from shared.errors import UserError, run_cli
@@ -66,15 +69,14 @@ def output_dir(config: Path, overrides: list[str]) -> Path:
 
 
 def results_dir(configs: list[Path], overrides: list[str]) -> Path:
-    """Where the table goes: beside the runs it tabulates (runs/eri if the first configuration is refused)."""
-    try:
-        return output_dir(configs[0], overrides).parent
-    except UserError:
-        return Path(ERIConfig().run.output_dir)
-
-
-# keys that do not change what a run learns: a run folder's settings are compared without them
-NOT_SETTINGS = ("run.", "data.num_workers", "data.device_cache")
+    """Where the table goes: beside the runs it tabulates (the first configuration that loads;
+    runs/eri if none does)."""
+    for config in configs:
+        try:
+            return output_dir(config, overrides).parent
+        except UserError:
+            continue
+    return Path(ERIConfig().run.output_dir)
 
 
 def other_settings(run_dir: Path, config: Path, overrides: list[str]) -> list[str]:
@@ -83,11 +85,12 @@ def other_settings(run_dir: Path, config: Path, overrides: list[str]) -> list[st
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return []
-    then = yaml.safe_load(saved.read_text()) or {}
-    now = to_dict(load_config(ERIConfig, config, [o for o in overrides if not o.startswith("run.")]))
-    if not now["data"]["store"]:  # the built-in store, which the run wrote down as a path
-        then.get("data", {}).pop("store", None), now["data"].pop("store")
-    return setting_changes(then, now, NOT_SETTINGS)
+    now = to_dict(load_config(ERIConfig, config, overrides))
+    if not now["data"]["store"]:  # the built-in store, as train.py finds it and writes it down
+        features = builtin_data.FEATURES[now["task"] or "eri"]
+        base, found = builtin_data.locate(features)
+        now["data"]["store"] = str(base / features) if found else ""
+    return setting_changes(yaml.safe_load(saved.read_text()) or {}, now)
 
 
 def score(run_dir: Path) -> tuple[float | None, str]:
@@ -104,19 +107,23 @@ def row(config: Path, overrides: list[str], paper: dict, failed: dict[str, int])
     try:
         run_dir, changed = output_dir(config, overrides), changes(config, overrides, paper)
     except UserError as e:  # a configuration its run refused at load: the table still has its row
-        return config.stem, None, "", PAPER.get(config.stem), f"refused: {e}", f"failed (exit {failed.get(config.stem, 2)})"
+        state = f"failed (exit {failed[config.stem]})" if config.stem in failed else "refused at load"
+        return config.stem, None, "", PAPER.get(config.stem), f"refused: {e}", state
     stale = other_settings(run_dir, config, overrides)
     ours, task = (None, "") if config.stem in failed or stale else score(run_dir)
     published = PAPER.get(config.stem) if task in ("eri", "") else None  # the paper reports ERI only
-    state = (f"failed (exit {failed[config.stem]})" if config.stem in failed else
-             f"other settings in {run_dir} ({'; '.join(stale)})" if stale else "not run")
+    state = (f"other settings in {run_dir} ({'; '.join(stale)})" if stale else
+             f"failed (exit {failed[config.stem]})" if config.stem in failed else "not run")
     return config.stem, ours, task, published, changed, state
 
 
 def collect(configs: list[Path], overrides: list[str], out: Path, failed: dict[str, int] | None = None,
             name: str = "results") -> str:
     """Write <name>.md / <name>.csv in `out`; `failed`: configuration -> its exit status."""
-    paper = resolved(CONFIG_DIR / "paper_vat.yaml", overrides)
+    try:
+        paper = resolved(CONFIG_DIR / "paper_vat.yaml", overrides)
+    except UserError:  # overrides paper_vat itself refuses: compare with it as it ships
+        paper = resolved(CONFIG_DIR / "paper_vat.yaml", [])
     rows = [row(config, overrides, paper, failed or {}) for config in configs]
     fmt = lambda v, state: state if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| configuration | ours | task | paper (dev, ERI) | changes from paper_vat |", "|---|--:|---|--:|---|"]
@@ -131,8 +138,9 @@ def chosen_configs(args) -> list[Path]:
     """The configurations asked for; `--configs a.yaml key=value` gives --configs the overrides too
     (nargs="*"), so a .yaml/.yml file is a configuration and anything else an override."""
     given = [str(c) for c in args.configs or []]
-    configs = [Path(c) for c in given if c.endswith((".yaml", ".yml"))]
-    args.overrides = [c for c in given if not c.endswith((".yaml", ".yml"))] + args.overrides
+    is_override = re.compile(r"[A-Za-z_][\w.]*=").match  # key=value; a path with "=" in it starts otherwise
+    configs = [Path(c) for c in given if not is_override(c)]
+    args.overrides = [c for c in given if is_override(c)] + args.overrides
     if args.configs is not None and not configs:
         raise UserError("--configs names no configuration file (.yaml)")
     if configs and args.levers:
@@ -141,6 +149,9 @@ def chosen_configs(args) -> list[Path]:
     missing = [str(c) for c in configs if not c.is_file()]
     if missing:
         raise UserError(f"configuration file(s) not found: {', '.join(missing)}")
+    seen = [c.resolve() for c in configs]
+    if len(set(seen)) < len(seen):
+        raise UserError(f"--configs names {next(str(c) for c, r in zip(configs, seen) if seen.count(r) > 1)} twice")
     stems = [c.stem for c in configs]
     if len(set(stems)) < len(stems):  # each configuration's run folder and row are named by its file name
         twice = sorted({s for s in stems if stems.count(s) > 1})
@@ -151,6 +162,18 @@ def chosen_configs(args) -> list[Path]:
     return configs
 
 
+def _launcher(text: str) -> list[str]:
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise UserError(f"--launcher {text!r}: {e}") from None
+    if not words:
+        raise UserError("--launcher is empty; give the command that runs train.py, e.g. python or 'accelerate launch'")
+    if shutil.which(words[0]) is None:
+        raise UserError(f"--launcher {text!r}: {words[0]} not found")
+    return words
+
+
 def train(config: Path, args) -> int:
     """Run (or resume) one configuration; its exit status (128 + N for a child killed by signal N)."""
     run_dir = output_dir(config, args.overrides)
@@ -159,15 +182,13 @@ def train(config: Path, args) -> int:
         print(f"grid: {run_dir} holds a run of {config.stem} with other settings ({'; '.join(stale)}): not resumed; "
               "give another run.output_dir or move that run away", file=sys.stderr, flush=True)
         return 2
+    launcher = _launcher(args.launcher)
     given = any(o.startswith("run.output_dir=") for o in args.overrides)
     overrides = [o for o in args.overrides if not o.startswith("run.output_dir=")] + \
         ([f"run.output_dir={run_dir}"] if given else [])
-    cmd = [*shlex.split(args.launcher), str(TRAIN), "--config", str(config), "--resume", "auto", *overrides]
+    cmd = [*launcher, str(TRAIN), "--config", str(config), "--resume", "auto", *overrides]
     print("$", shlex.join(cmd), flush=True)
-    try:
-        status = subprocess.run(cmd).returncode
-    except FileNotFoundError:
-        raise UserError(f"--launcher {args.launcher!r}: {cmd[0]} not found") from None
+    status = subprocess.run(cmd).returncode
     return 128 - status if status < 0 else status
 
 
@@ -183,10 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value for every configuration, e.g. data.store=features")
     args = p.parse_args(argv)
     configs = chosen_configs(args)
+    if not args.collect:
+        _launcher(args.launcher)  # before any run: every configuration needs it
     failed: dict[str, int] = {}
     for config in [] if args.collect else configs if args.index is None else [configs[args.index]]:
         from shared.training.preemption import EXIT_REQUEUE  # torch: only when training
-        status = train(config, args)
+        try:
+            status = train(config, args)
+        except UserError as e:  # refused at load (with these overrides): the others still run
+            print(f"grid: {config.stem}: {e}", file=sys.stderr, flush=True)
+            status = 2
         if status == EXIT_REQUEUE:  # preempted: the job is requeued and resumes this configuration
             print(f"grid: {config.stem} was preempted (exit 75): stopping here to be requeued", file=sys.stderr)
             return status

@@ -53,10 +53,11 @@ def test_a_folder_with_a_run_of_other_settings_is_neither_resumed_nor_reported(t
             node = node.setdefault(part, {})
         node[leaf] = value
     finished(runs / "table2_v", 0.3, config=nested)
-    # the launcher is never started: the folder is refused first
-    assert main(["--configs", config, "data.store=features", f"run.output_dir={runs}", "--launcher", "/no/such"]) == 2
+    # the launcher is never started (it would exit 9): the folder is refused first, and its row says why
+    never = f"{shlex.quote(sys.executable)} -c 'raise SystemExit(9)'"
+    assert main(["--configs", config, "data.store=features", f"run.output_dir={runs}", "--launcher", never]) == 2
     row = table(runs)["table2_v"]
-    assert row["ours"] == "failed (exit 2)"
+    assert row["ours"] == f"other settings in {runs / 'table2_v'} (data.k: 16 -> 32)", row
     assert main(["--collect", "--configs", config, "data.store=features", f"run.output_dir={runs}"]) == 0
     row = table(runs)["table2_v"]
     assert row["ours"] == f"other settings in {runs / 'table2_v'} (data.k: 16 -> 32)", row
@@ -88,11 +89,55 @@ def test_the_levers_have_their_own_table(tmp_path):
     assert not (tmp_path / "results.csv").exists()
 
 
+def test_the_seed_is_a_setting_and_where_the_run_is_watched_is_not(tmp_path):
+    runs, config = tmp_path / "runs", TABLE2[0]
+    nested: dict = {}
+    for key, value in {**resolved(config, ["data.store=features"]), "run.seed": 0, "run.trackers": ["wandb"],
+                       "data.num_workers": 7}.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    finished(runs / "table2_v", 0.3, config=nested)
+    assert main(["--collect", "--configs", config, "data.store=features", f"run.output_dir={runs}"]) == 0
+    assert table(runs)["table2_v"]["ours"] == "0.300000"  # trackers and loader workers change nothing learned
+    assert main(["--collect", "--configs", config, "data.store=features", "run.seed=7", f"run.output_dir={runs}"]) == 0
+    assert table(runs)["table2_v"]["ours"] == f"other settings in {runs / 'table2_v'} (run.seed: 0 -> 7)"
+
+
+def test_a_configuration_refused_with_the_overrides_leaves_the_others_running(tmp_path, capsys):
+    """Each configuration names its own run folder (no run.output_dir given), so the grid loads it
+    with the overrides to find it: one refused there is marked, and the next still runs."""
+    (tmp_path / "one.yaml").write_text(f"run:\n  output_dir: {tmp_path / 'one'}\n")
+    (tmp_path / "two.yaml").write_text(f"run:\n  output_dir: {tmp_path / 'two'}\n")
+    ran = f"{shlex.quote(sys.executable)} -c 'open(\"{tmp_path / 'ran'}\", \"a\").write(\"x\")'"
+    argv = ["--configs", str(tmp_path / "one.yaml"), str(tmp_path / "two.yaml"), "--launcher", ran]
+    assert main([*argv, "model.modalities=[visual]", "modality_dropout=0.3"]) == 2  # refused for both
+    assert not (tmp_path / "ran").exists()
+    assert main([*argv, "folds=2", "fold=1"]) == 0  # valid for both: each ran
+    assert (tmp_path / "ran").read_text() == "xx"
+    (tmp_path / "one.yaml").write_text(f"run:\n  output_dir: {tmp_path / 'one'}\nfolds: 3\nfold: 2\n")
+    assert main([*argv, "folds=2", "fold=1"]) == 0  # the overrides apply to each file: folds 2, fold 1, valid
+    (tmp_path / "one.yaml").write_text(f"run:\n  output_dir: {tmp_path / 'one'}\nfold: 2\n")
+    assert main([*argv, "folds=2"]) == 2  # one: fold 2 of 2 folds; two: plain folds=2 runs
+    assert "grid: one: fold=2 needs folds=N with 0 <= fold < N (folds=2)" in capsys.readouterr().err
+    assert (tmp_path / "ran").read_text() == "xxxxx"
+    rows = table(tmp_path)
+    assert rows["one"]["ours"] == "failed (exit 2)" and rows["one"]["changes"].startswith("refused: fold=2 needs")
+    assert rows["two"]["ours"] == "not run"  # ran (the stand-in launcher writes no report)
+    assert main(["--collect", *argv[:3], "folds=2"]) == 0
+    assert table(tmp_path)["one"]["ours"] == "refused at load"
+
+
 @pytest.mark.parametrize("argv, said", [
     (["--configs", "data.store=x"], "--configs names no configuration file (.yaml)"),
     (["--levers", "--configs", TABLE2[0]], "--levers is a set of configurations: give it or --configs, not both"),
     (["--collect", "--index", "11"], "--index 11: expected 0 to 10"),
     (["--configs", TABLE2[0], "--launcher", "/no/such/python"], "--launcher '/no/such/python': /no/such/python not found"),
+    (["--configs", TABLE2[0], "--launcher", ""], "--launcher is empty"),
+    (["--configs", TABLE2[0], "--launcher", '"python'], "--launcher '\"python': No closing quotation"),
+    (["--configs", TABLE2[0], str(CONFIG_DIR / "levers" / ".." / "table2_v.yaml")], "table2_v.yaml twice"),
 ])
 def test_what_the_grid_cannot_do_is_one_line(argv, said, tmp_path):
     with pytest.raises(UserError, match=re.escape(said)):
@@ -110,6 +155,7 @@ def test_two_configurations_of_one_name_are_refused(tmp_path):
 def test_overrides_after_the_configurations_are_overrides(tmp_path):
     runs = tmp_path / "runs"
     finished(runs / "table2_v", 0.5)
-    assert main(["--collect", "--configs", TABLE2[0], f"run.output_dir={runs}", "data.k=8"]) == 0
+    # an override whose value is a .yaml path is still an override; a path with "=" in it is a file
+    assert main(["--collect", "--configs", TABLE2[0], f"run.output_dir={runs}", "data.k=8", "data.encoder=/x/e.yaml"]) == 0
     row = table(runs)["table2_v"]  # found through run.output_dir; data.k applies to paper_vat too: no change
     assert (row["ours"], row["changes"]) == ("0.500000", "model.modalities=['visual'], model.overrides.temporal_se=True")
