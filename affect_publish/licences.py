@@ -5,8 +5,9 @@ trained on any of them are published under a non-commercial licence by default.
 """
 from __future__ import annotations
 
-import re
+import difflib
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.errors import UserError
 
@@ -38,23 +39,24 @@ DATASETS = {d.key: d for d in (
 )}
 
 
-def hub_license(value: str) -> str:
-    """The model card's `license:` for `value`: one SPDX licence identifier, lower-cased (cc-by-nc-4.0,
-    apache-2.0: the Hub's licence ids are mostly these), or "other". Raises UserError for anything
-    else: an expression such as "mit OR apache-2.0" or "(mit)" (the Hub's field holds one licence),
-    a LicenseRef- of one's own (use "other"), a name SPDX does not list."""
-    from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
-    if value.lower() == "other":
-        return "other"
-    try:
-        canonical = canonicalize_license_expression(value)
-    except InvalidLicenseExpression:
-        canonical = None
-    # one listed licence: not an expression ("mit OR apache-2.0", "(mit)") nor a LicenseRef-
-    # of the user's own, for which the Hub has "other"
-    if canonical is None or not re.fullmatch(r"[A-Za-z0-9.+-]+", canonical) or canonical.startswith("LicenseRef-"):
-        raise UserError(f"--license {value!r}: expected one SPDX licence identifier, e.g. {DEFAULT_LICENSE} (the "
-                        "default: the data is for non-commercial research) or apache-2.0, or 'other' for any licence "
-                        "SPDX does not list")
-    return canonical.lower()
+HUB_LICENSES_FILE = Path(__file__).with_name("hub_licenses.txt")
 
+
+def hub_licenses() -> list[str]:
+    """The licence identifiers the Hub's cards take (hub_licenses.txt, from the Hub's documentation)."""
+    lines = HUB_LICENSES_FILE.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def hub_license(value: str) -> str:
+    """The model card's `license:` for `value`: one of the Hub's licence identifiers, compared
+    without case (cc-by-nc-4.0, apache-2.0, other, ...). Raises UserError for anything else; a
+    licence the Hub does not list is `other` (then name it in the card and add its text)."""
+    known = hub_licenses()
+    if value.strip().lower() in known:
+        return value.strip().lower()
+    near = difflib.get_close_matches(value.strip().lower(), known, n=3)
+    raise UserError(f"--license {value!r}: not a licence identifier the Hub lists"
+                    + (f" (did you mean {', '.join(near)}?)" if near else "")
+                    + f"; e.g. {DEFAULT_LICENSE} (the default: the data is for non-commercial research), apache-2.0, "
+                    "or other for a licence it does not list (affect_publish/hub_licenses.txt)")

@@ -91,10 +91,11 @@ def where_the_run_is(folder: Path) -> None:
     if any(published(p) for p in here.iterdir() if p.is_dir()):
         raise UserError(f"{folder} holds published folders (what affect-publish writes), not runs; give the run "
                         "that one came from")
-    held = sorted({p.parent.resolve(): p.parent for p in [*here.glob(f"*/{NAME}"), *here.glob(f"*/*/{NAME}")]}.values())
+    runs = {p.parent.resolve(): p.parent for p in [*here.glob(f"*/{NAME}"), *here.glob(f"*/*/{NAME}")]}
+    held = sorted(p for p in runs.values() if read_run_record(p)["outputs"].get("weights"))  # not feature stores
     if held:
         names = ", ".join(str(p.relative_to(here)) for p in held)
-        example = next((p for p in held if read_run_record(p)["outputs"].get("weights")), held[0])
+        example = held[0]
         raise UserError(f"{folder} holds {len(held)} run{'s' if len(held) > 1 else ''} ({names}); publish one of "
                         f"them, e.g. affect-publish {Path(folder) / example.relative_to(here)} --out FOLDER")
 
