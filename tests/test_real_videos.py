@@ -83,7 +83,10 @@ def test_a_phone_video_stored_sideways_finds_the_face_in_every_frame(tmp_path, d
     for name in ("sideways.mp4", "upside_down.mp4"):
         track = extract_faces(tmp_path / name, detector, size=64)
         assert track.status == "ok" and track.detected.sum() == 12, name
-        assert np.abs(track.boxes - upright.boxes).max() < 4, name  # in the upright picture's pixels
+        # in the upright picture's pixels: the turned frames were compressed apart, which moves a
+        # box of ~40 px by a few (4.19 seen); boxes left in the stored, turned frame's coordinates
+        # would be tens of pixels off
+        assert np.abs(track.boxes - upright.boxes).max() < 8, name
         same = np.abs(track.crops.astype(int) - upright.crops).mean()
         turned = np.abs(np.rot90(track.crops, axes=(1, 2)).astype(int) - upright.crops).mean()
         assert same < 16 and turned > 2 * same, (name, same, turned)  # the upright face, not a turned one
