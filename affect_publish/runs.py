@@ -95,9 +95,8 @@ def where_the_run_is(folder: Path) -> None:
     held = sorted(p for p in runs.values() if read_run_record(p)["outputs"].get("weights"))  # not feature stores
     if held:
         names = ", ".join(str(p.relative_to(here)) for p in held)
-        example = held[0]
         raise UserError(f"{folder} holds {len(held)} run{'s' if len(held) > 1 else ''} ({names}); publish one of "
-                        f"them, e.g. affect-publish {Path(folder) / example.relative_to(here)} --out FOLDER")
+                        f"them, e.g. affect-publish {Path(folder) / held[0].relative_to(here)} --out FOLDER")
 
 
 def open_run(path, *, weights: str | None = None, fold: int | None = None) -> Run:

@@ -55,17 +55,19 @@ def resolved(config: Path, overrides: list[str]) -> dict:
     return flat(to_dict(load_config(ERIConfig, config, [o for o in overrides if not o.startswith("run.")])))
 
 
-def changes(config: Path, overrides: list[str], paper: dict) -> str:
+def changes(cfg: ERIConfig, paper: dict) -> str:
     """The keys whose resolved value differs from `paper` (paper_vat.yaml's, resolved) as key=value."""
-    return ", ".join(f"{k}={v}" for k, v in sorted(resolved(config, overrides).items())
+    return ", ".join(f"{k}={v}" for k, v in sorted(flat(to_dict(cfg)).items())
                      if not k.startswith("run.") and paper.get(k) != v) or "none"
 
 
-def output_dir(config: Path, overrides: list[str]) -> Path:
+def output_dir(config: Path, overrides: list[str], cfg: ERIConfig | None = None) -> Path:
+    """`config`'s run folder: <run.output_dir given>/<its file name>, else its own run.output_dir
+    (through its base, if it names one; `cfg`: the configuration loaded already)."""
     for item in overrides:
         if item.startswith("run.output_dir="):
             return Path(item.split("=", 1)[1]) / config.stem
-    return Path(load_config(ERIConfig, config, overrides).run.output_dir)  # through its base, if it names one
+    return Path((cfg or load_config(ERIConfig, config, overrides)).run.output_dir)
 
 
 def results_dir(configs: list[Path], overrides: list[str]) -> Path:
@@ -79,17 +81,16 @@ def results_dir(configs: list[Path], overrides: list[str]) -> Path:
     return Path(ERIConfig().run.output_dir)
 
 
-def other_settings(run_dir: Path, config: Path, overrides: list[str]) -> list[str]:
-    """How the run already in `run_dir` (its config.yaml) differs from `config` with `overrides`,
-    as "key: then -> now"; [] for an empty folder or the same settings."""
+def other_settings(run_dir: Path, cfg: ERIConfig) -> list[str]:
+    """How the run already in `run_dir` (its config.yaml) differs from `cfg` (a configuration with
+    the grid's overrides), as "key: then -> now"; [] for an empty folder or the same settings."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return []
-    now = to_dict(load_config(ERIConfig, config, overrides))
+    now = to_dict(cfg)
     if not now["data"]["store"]:  # the built-in store, as train.py finds it and writes it down
-        features = builtin_data.FEATURES[now["task"] or "eri"]
-        base, found = builtin_data.locate(features)
-        now["data"]["store"] = str(base / features) if found else ""
+        builtin, found = builtin_data.feature_store(now["task"])
+        now["data"]["store"] = str(builtin) if found else ""
     return setting_changes(yaml.safe_load(saved.read_text()) or {}, now)
 
 
@@ -105,11 +106,12 @@ def score(run_dir: Path) -> tuple[float | None, str]:
 def row(config: Path, overrides: list[str], paper: dict, failed: dict[str, int]) -> tuple:
     """(name, score or None, task, the paper's number or None, changes, what stands for a missing score)."""
     try:
-        run_dir, changed = output_dir(config, overrides), changes(config, overrides, paper)
+        cfg = load_config(ERIConfig, config, overrides)
     except UserError as e:  # a configuration its run refused at load: the table still has its row
         state = f"failed (exit {failed[config.stem]})" if config.stem in failed else "refused at load"
         return config.stem, None, "", PAPER.get(config.stem), f"refused: {e}", state
-    stale = other_settings(run_dir, config, overrides)
+    run_dir, changed = output_dir(config, overrides, cfg), changes(cfg, paper)
+    stale = other_settings(run_dir, cfg)
     ours, task = (None, "") if config.stem in failed or stale else score(run_dir)
     published = PAPER.get(config.stem) if task in ("eri", "") else None  # the paper reports ERI only
     state = (f"other settings in {run_dir} ({'; '.join(stale)})" if stale else
@@ -136,7 +138,7 @@ def collect(configs: list[Path], overrides: list[str], out: Path, failed: dict[s
 
 def chosen_configs(args) -> list[Path]:
     """The configurations asked for; `--configs a.yaml key=value` gives --configs the overrides too
-    (nargs="*"), so a .yaml/.yml file is a configuration and anything else an override."""
+    (nargs="*"), so an item that starts with `key=` is an override and any other a configuration."""
     given = [str(c) for c in args.configs or []]
     is_override = re.compile(r"[A-Za-z_][\w.]*=").match  # key=value; a path with "=" in it starts otherwise
     configs = [Path(c) for c in given if not is_override(c)]
@@ -176,8 +178,9 @@ def _launcher(text: str) -> list[str]:
 
 def train(config: Path, args) -> int:
     """Run (or resume) one configuration; its exit status (128 + N for a child killed by signal N)."""
-    run_dir = output_dir(config, args.overrides)
-    stale = other_settings(run_dir, config, args.overrides)
+    cfg = load_config(ERIConfig, config, args.overrides)  # refused here as train.py would refuse it
+    run_dir = output_dir(config, args.overrides, cfg)
+    stale = other_settings(run_dir, cfg)
     if stale:
         print(f"grid: {run_dir} holds a run of {config.stem} with other settings ({'; '.join(stale)}): not resumed; "
               "give another run.output_dir or move that run away", file=sys.stderr, flush=True)

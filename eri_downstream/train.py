@@ -257,16 +257,15 @@ def main(argv=None) -> int:
     if args.resume:
         cfg.run.resume = args.resume
     if not cfg.data.store:
-        features = builtin_data.FEATURES[cfg.task or "eri"]
-        base, found = builtin_data.locate(features)
+        builtin, found = builtin_data.feature_store(cfg.task)
         if not found:
             raise UserError(f"no data given (data.store) and no built-in feature store in "
-                            f"{', '.join(str(p / features) for p in builtin_data.places())}: set data.store to a store "
+                            f"{', '.join(str(p / builtin.name) for p in builtin_data.places())}: set data.store to a store "
                             "that stage 3a wrote, or write the built-in one with `affect-extract all --encoder ENCODER"
                             f"{' --task ' + cfg.task if cfg.task else ''}` (no --data); {builtin_data.ROOT_ENV}=DIR finds "
                             "built-in data made elsewhere (a demo's <its --out>/data)")
-        builtin_data.say("reaction videos' feature store", base / features, True, own="data.store")
-        cfg.data.store = str(base / features)
+        builtin_data.say("reaction videos' feature store", builtin, True, own="data.store")
+        cfg.data.store = str(builtin)
     store = Path(cfg.data.store)
     if not (store / "videos.csv").is_file():
         hint = described(store) or f"; stage 3a writes one: `affect-extract all --data RAW --store {store} --encoder ENC`"

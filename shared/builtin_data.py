@@ -78,6 +78,13 @@ def locate(*parts: str) -> tuple[Path, bool]:
     return root(), False
 
 
+def feature_store(task: str | None = None) -> tuple[Path, bool]:
+    """(folder, found): the built-in feature store of `task` (None: eri) where `locate` finds it
+    complete, else where it is to be made, and False."""
+    base, found = locate(FEATURES[task or "eri"])
+    return base / FEATURES[task or "eri"], found
+
+
 def say(what: str, base: Path, found: bool, own: str) -> None:
     """The one line a stage prints, before any work, when it falls back to the built-in data;
     `own` names the argument that takes the user's own data."""

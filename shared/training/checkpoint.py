@@ -146,7 +146,12 @@ class Checkpointer:
                 log.info("no training state in %s yet: starting from step 0", self.dir)
             return 0, None
         if config is not None and same:
-            _same_data_settings(path, config, same)
+            saved = _saved_config(path)
+            if saved is not None:
+                _refuse_changed_keys(path, saved, config, same)
+                changed = setting_changes(saved, config)  # allowed (a new lr, more epochs), never unsaid
+                if changed:
+                    log.warning("resuming %s with settings other than its own: %s", path, "; ".join(changed))
         saved = json.loads((path / META).read_text())["world_size"]
         if saved != self.acc.num_processes:
             self._check_reshapable(path, saved, data)
@@ -220,31 +225,32 @@ def check_run_folder(run_dir: Path, config: dict[str, Any], keys: tuple[str, ...
     if not saved.is_file() or not (finished or any(run_dir.glob("checkpoints/step_*"))
                                    or any(run_dir.glob("fold_*/checkpoints/step_*"))):
         return
-    changed = setting_changes(yaml.safe_load(saved.read_text()) or {}, config)
+    saved_config = yaml.safe_load(saved.read_text()) or {}
+    changed = setting_changes(saved_config, config)
     if finished and changed:
         raise UserError(f"{run_dir} holds a finished run of other settings ({'; '.join(changed)}): it is not trained "
                         "again; give another run.output_dir, or its own settings to read its results")
-    _same_data_settings(run_dir, config, keys, say_others=False)  # restore says them, state by state
+    _refuse_changed_keys(run_dir, saved_config, config, keys)  # the others: restore says them, state by state
 
 
-def _same_data_settings(state: Path, config: dict[str, Any], keys: tuple[str, ...], say_others: bool = True) -> None:
-    """UserError on the first key in `keys` whose value differs between `config` and the
-    state's config.yaml (a state without one is from before this check: nothing to compare); a
-    warning naming every other setting that changes what is learned (NOT_LEARNED aside)."""
+def _saved_config(state: Path) -> dict[str, Any] | None:
+    """A state's config.yaml; None (said) for a state from before states kept one."""
     saved_file = state / "config.yaml"
     if not saved_file.is_file():
         log.warning("%s has no config.yaml: cannot check that the data settings match", state)
-        return
-    saved = yaml.safe_load(saved_file.read_text()) or {}
+        return None
+    return yaml.safe_load(saved_file.read_text()) or {}
+
+
+def _refuse_changed_keys(state: Path, saved: dict[str, Any], config: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """UserError on the first key in `keys` whose value differs between `config` and `saved`
+    (the config.yaml of `state`)."""
     for key in keys:
         old, new = (_plain(_lookup(c, key)) for c in (saved, config))
         if old != new:
             raise UserError(f"--resume {state}: {key} is {new!r} now but {old!r} in that state; it decides which "
                             f"samples each step reads, so resuming with another value would replay or skip data "
                             f"without a word: resume with {key}={json.dumps(old)}, or start a new run in another run.output_dir")
-    changed = setting_changes(saved, config) if say_others else []  # allowed (a new lr, more epochs), never unsaid
-    if changed:
-        log.warning("resuming %s with settings other than its own: %s", state, "; ".join(changed))
 
 
 def _lookup(config: dict[str, Any], key: str) -> Any:
